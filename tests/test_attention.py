@@ -98,15 +98,17 @@ def test_older_cache_stays_valid_after_newer_appends():
     layer = Attention(16, heads=2)
     x = torch.randn(1, 10, 16)
     with torch.no_grad():
-        _, cache = layer(x[:, :6])
-        newer = cache
-        for t in range(6, 9):  # appends in place into the shared buffer
+        _, newer = layer(x[:, :6])
+        _, middle = layer(x[:, 6:7], newer)  # moves into a grown buffer
+        newer = middle
+        for t in range(7, 9):  # these append in place into middle's buffer
             _, newer = layer(x[:, t : t + 1], newer)
-        branch_a, _ = layer(x[:, 9:10], cache)  # branch from the old cache
-        reference, _ = layer(torch.cat((x[:, :6], x[:, 9:10]), dim=1))
+        assert newer.store is middle.store
+        branch, _ = layer(x[:, 9:10], middle)
+        reference, _ = layer(torch.cat((x[:, :7], x[:, 9:10]), dim=1))
         replay, _ = layer(x[:, 9:10], newer)
-        full, _ = layer(torch.cat((x[:, :9], x[:, 9:10]), dim=1))
-    torch.testing.assert_close(branch_a[:, 0], reference[:, -1], atol=1e-5, rtol=1e-4)
+        full, _ = layer(x)
+    torch.testing.assert_close(branch[:, 0], reference[:, -1], atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(replay[:, 0], full[:, -1], atol=1e-5, rtol=1e-4)
 
 
