@@ -79,6 +79,11 @@ class KVCache:
         """[length] absolute positions of the cached entries."""
         return self.store.positions[: self.length]
 
+    def detach(self) -> KVCache:
+        """The same cache cut from the autograd graph (truncated backpropagation through time)."""
+        store = _KVStore(self.keys.detach(), self.values.detach(), self.positions, self.length)
+        return KVCache(store, self.length, self.next_position)
+
 
 def _append(cache: KVCache | None, keys: Tensor, values: Tensor, positions: Tensor, grow: bool) -> KVCache:
     """Cache holding the old entries followed by the new ones (written in place when safe, see module doc)."""

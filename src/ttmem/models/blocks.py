@@ -1,0 +1,81 @@
+"""Residual blocks and the per-architecture recipe of which sublayers one block holds.
+
+Design choices:
+- A model is a flat stack of pre-norm residual sublayers ``x + f(norm(x), state)``; every
+  stateful sublayer maps ``(x, state) -> (y, state)`` so the model's streaming state is just the
+  list of sublayer states (KV caches, memory states, fast weights).
+- ``BLOCK_RECIPES[arch](config)`` returns the sublayers of one block; the model repeats it
+  ``depth`` times. Adding an architecture means adding a recipe, not a model class.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor, nn
+
+from ttmem.layers.attention import Attention
+from ttmem.layers.mlp import SwiGLU
+from ttmem.models.config import ModelConfig
+
+
+class PreNormResidual(nn.Module):
+    """x + f(RMSNorm(x)); ``stateful`` sublayers take and return a streaming state."""
+
+    def __init__(self, dim: int, module: nn.Module, stateful: bool, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.norm = nn.RMSNorm(dim, eps=eps)
+        self.module = module
+        self.stateful = stateful
+
+    def forward(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """x: [B, T, dim] -> ([B, T, dim], new state or None)."""
+        h = self.norm(x)
+        if self.stateful:
+            y, state = self.module(h, state)
+            return x + y, state
+        return x + self.module(h), None
+
+
+def _attention(config: ModelConfig, window: int | None) -> Attention:
+    return Attention(
+        config.dim,
+        config.heads,
+        dim_head=config.head_dim,
+        window=window,
+        persistent_tokens=config.persistent_tokens,
+        rotary_base=config.rotary_base,
+    )
+
+
+def _mlp(config: ModelConfig) -> tuple[nn.Module, bool]:
+    return SwiGLU(config.dim, config.mlp_ratio), False
+
+
+def transformer_block(config: ModelConfig) -> list[tuple[nn.Module, bool]]:
+    """Full causal attention, then MLP."""
+    return [(_attention(config, None), True), _mlp(config)]
+
+
+def swa_transformer_block(config: ModelConfig) -> list[tuple[nn.Module, bool]]:
+    """Sliding-window attention, then MLP."""
+    return [(_attention(config, config.window), True), _mlp(config)]
+
+
+BLOCK_RECIPES: dict[str, Callable[[ModelConfig], list[tuple[nn.Module, bool]]]] = {
+    "transformer": transformer_block,
+    "swa_transformer": swa_transformer_block,
+}
+
+
+def build_sublayers(config: ModelConfig) -> nn.ModuleList:
+    """All residual sublayers of the model, depth blocks in order."""
+    recipe = BLOCK_RECIPES.get(config.arch)
+    if recipe is None:
+        raise ValueError(f"no block recipe for arch {config.arch!r}; known: {', '.join(BLOCK_RECIPES)}")
+    sublayers = nn.ModuleList()
+    for _ in range(config.depth):
+        for module, stateful in recipe(config):
+            sublayers.append(PreNormResidual(config.dim, module, stateful, config.norm_eps))
+    return sublayers
