@@ -144,7 +144,6 @@ def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep:
             if anchor_grad is not None:
                 inc = inc - d_in[:, :, row, None, None] * anchor_grad[layer]
             increments.append(inc)
-        new_momentum = None
         if carry.momentum is not None:
             carry_r = coef.carry[:, :, i, row, None, None]
             mom_r = coef.momentum[:, :, i, row].unsqueeze(-1)

@@ -47,7 +47,8 @@ def memorize_delta_rule(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep: Tenso
     outputs = []
     for i in range(n):
         row = block - 1 if i < n - 1 else (t - 1) % block
-        rhs = lr_c[:, :, i].unsqueeze(-1) * (v_c[:, :, i] - gamma_prev[:, :, i].unsqueeze(-1) * (k_c[:, :, i] @ weights.mT))
+        recalled = gamma_prev[:, :, i].unsqueeze(-1) * (k_c[:, :, i] @ weights.mT)
+        rhs = lr_c[:, :, i].unsqueeze(-1) * (v_c[:, :, i] - recalled)
         u = torch.linalg.solve_triangular(system[:, :, i], rhs, upper=False, unitriangular=True)
         outputs.append(gamma[:, :, i].unsqueeze(-1) * (q_c[:, :, i] @ weights.mT) + scores[:, :, i] @ u)
         weights = gamma[:, :, i, row, None, None] * weights + (decay[:, :, i, row].unsqueeze(-1) * u).mT @ k_c[:, :, i]
