@@ -9,7 +9,7 @@ from ttmem.models import ARCHITECTURES, ModelConfig, build_model, load_model, sa
 # Small enough that the whole file runs in seconds; lengths chosen so prompts end mid-chunk
 # (chunk 4), mid-segment (segment 8) and past the window (8).
 SMALL = dict(dim=32, depth=2, heads=2, window=8, segment_len=8, chunk_size=4, persistent_tokens=2,
-             cms_periods=(2, 4, 8), mlp_ratio=2.0)
+             cms_periods=(4, 8, 16), mlp_ratio=2.0)
 
 
 def small_model(arch: str, seed: int = 0, **overrides) -> torch.nn.Module:

@@ -16,7 +16,9 @@ from typing import Any
 from torch import Tensor, nn
 
 from ttmem.layers.attention import Attention
+from ttmem.layers.continuum import ContinuumLevel
 from ttmem.layers.mlp import SwiGLU
+from ttmem.layers.self_modifying import SelfModifyingMemory
 from ttmem.models.config import ModelConfig
 
 
@@ -63,9 +65,17 @@ def swa_transformer_block(config: ModelConfig) -> list[tuple[nn.Module, bool]]:
     return [(_attention(config, config.window), True), _mlp(config)]
 
 
+def hope_block(config: ModelConfig) -> list[tuple[nn.Module, bool]]:
+    """Self-modifying Titans layer, then the continuum memory levels, fastest first."""
+    mixer = SelfModifyingMemory(config.dim, config.heads, config.chunk_size, config.rule)
+    levels = [ContinuumLevel(config.dim, period, config.mlp_ratio) for period in sorted(config.cms_periods)]
+    return [(mixer, True)] + [(level, True) for level in levels]
+
+
 BLOCK_RECIPES: dict[str, Callable[[ModelConfig], list[tuple[nn.Module, bool]]]] = {
     "transformer": transformer_block,
     "swa_transformer": swa_transformer_block,
+    "hope": hope_block,
 }
 
 

@@ -11,6 +11,8 @@ Design choices:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,6 +118,32 @@ class LanguageModel(nn.Module):
             if step + 1 < max_new_tokens:
                 out = self(next_token, out.state)
         return torch.cat(tokens, dim=1)
+
+    @torch.no_grad()
+    def adapt(self, input_ids: Tensor, state: ModelState | None = None) -> ModelOutput:
+        """Read input_ids and keep what was learned in context: every sublayer with fast weights
+        (HOPE's self-modifying layer and continuum levels) makes its end-of-input fast weights, averaged
+        over the batch, its new starting weights. Use inside ``adaptation_scope()`` to undo it later."""
+        adaptive = [layer for layer in self.layers if hasattr(layer.module, "commit")]
+        if not adaptive:
+            raise ValueError(f"arch {self.config.arch!r} has no fast weights to commit; adapt() needs e.g. 'hope'")
+        out = self(input_ids, state)
+        for layer, layer_state in zip(self.layers, out.state.layers, strict=True):
+            if hasattr(layer.module, "commit"):
+                layer.module.commit(layer_state)
+        return out
+
+    @contextmanager
+    def adaptation_scope(self) -> Iterator[LanguageModel]:
+        """Context in which test-time learning may change the model's weights; on exit every parameter and
+        buffer is restored to its value on entry."""
+        saved = {name: tensor.detach().clone() for name, tensor in self.state_dict().items()}
+        try:
+            yield self
+        finally:
+            with torch.no_grad():
+                for name, tensor in self.state_dict().items():
+                    tensor.copy_(saved[name])
 
     def save(self, path: str) -> None:
         """Write ``path/model.safetensors`` and ``path/config.json``."""
