@@ -45,7 +45,10 @@ def reference_layer(layer: SelfModifyingMemory, x: torch.Tensor) -> torch.Tensor
     start = initial_state(layer.rule, batch, heads, dh, dh, weights=tuple(w.detach() for w in layer.memory_init))
     out, _ = memorize(q, F.normalize(k.view(shape), dim=-1), v.view(shape), step, momentum=momentum, forget=forget,
                       rule=layer.rule, chunk_size=chunk, state=start, impl="reference")
-    return out.reshape(batch, length, dim) @ layer.to_out.weight.detach().T
+    out = out * torch.rsqrt(out.square().mean(-1, keepdim=True) + torch.finfo(out.dtype).eps)
+    out = (out * layer.out_norm.weight.detach()).reshape(batch, length, dim)
+    out = out * F.silu(x @ layer.to_out_gate.weight.detach().T)
+    return out @ layer.to_out.weight.detach().T
 
 
 @pytest.mark.parametrize("rule", ["titans", "delta"])

@@ -81,6 +81,8 @@ class SelfModifyingMemory(nn.Module):
         self.memory_init = nn.ParameterList(
             nn.Parameter(w) for w in self.rule.initial_weights(heads, self.dim_head, self.dim_head)
         )
+        self.out_norm = nn.RMSNorm(self.dim_head)
+        self.to_out_gate = nn.Linear(dim, dim, bias=False)
         self.to_out = nn.Linear(dim, dim, bias=False)
 
     def initial_state(self, batch: int) -> SelfModifyingState:
@@ -135,7 +137,8 @@ class SelfModifyingMemory(nn.Module):
         out, memory = memorize(query, key, value, generated[2], momentum=momentum, forget=forget,
                                rule=self.rule, chunk_size=self.chunk_size, state=state.memory)
         state = SelfModifyingState(state.projections, state.pending, state.offset, memory)
-        return self.to_out(out.reshape(batch, length, self.dim)), state
+        out = self.out_norm(out).reshape(batch, length, self.dim) * F.silu(self.to_out_gate(x))
+        return self.to_out(out), state
 
     @torch.no_grad()
     def commit(self, state: SelfModifyingState) -> None:

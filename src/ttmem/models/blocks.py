@@ -15,11 +15,11 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from ttmem.layers.attention import Attention
 from ttmem.layers.continuum import ContinuumLevel
 from ttmem.layers.mlp import SwiGLU
 from ttmem.layers.self_modifying import SelfModifyingMemory
 from ttmem.models.config import ModelConfig
+from ttmem.models.titans import MemoryAsContext, MemoryAsGate, attention, neural_memory
 
 
 class PreNormResidual(nn.Module):
@@ -40,29 +40,38 @@ class PreNormResidual(nn.Module):
         return x + self.module(h), None
 
 
-def _attention(config: ModelConfig, window: int | None) -> Attention:
-    return Attention(
-        config.dim,
-        config.heads,
-        dim_head=config.head_dim,
-        window=window,
-        persistent_tokens=config.persistent_tokens,
-        rotary_base=config.rotary_base,
-    )
-
-
 def _mlp(config: ModelConfig) -> tuple[nn.Module, bool]:
     return SwiGLU(config.dim, config.mlp_ratio), False
 
 
 def transformer_block(config: ModelConfig) -> list[tuple[nn.Module, bool]]:
     """Full causal attention, then MLP."""
-    return [(_attention(config, None), True), _mlp(config)]
+    return [(attention(config, None), True), _mlp(config)]
 
 
 def swa_transformer_block(config: ModelConfig) -> list[tuple[nn.Module, bool]]:
     """Sliding-window attention, then MLP."""
-    return [(_attention(config, config.window), True), _mlp(config)]
+    return [(attention(config, config.window), True), _mlp(config)]
+
+
+def memory_block(config: ModelConfig) -> list[tuple[nn.Module, bool]]:
+    """Neural memory layer (rule from the config), then MLP: linear attention, DeltaNet family, LMM, θ-LM."""
+    return [(neural_memory(config), True), _mlp(config)]
+
+
+def mac_block(config: ModelConfig) -> list[tuple[nn.Module, bool]]:
+    """Titans memory as context, then MLP."""
+    return [(MemoryAsContext(config), True), _mlp(config)]
+
+
+def mag_block(config: ModelConfig) -> list[tuple[nn.Module, bool]]:
+    """Titans memory as gate (sliding-window attention ‖ memory), then MLP."""
+    return [(MemoryAsGate(config), True), _mlp(config)]
+
+
+def mal_block(config: ModelConfig) -> list[tuple[nn.Module, bool]]:
+    """Titans memory as layer: memory, then sliding-window attention, then MLP."""
+    return [(neural_memory(config), True), (attention(config, config.window), True), _mlp(config)]
 
 
 def hope_block(config: ModelConfig) -> list[tuple[nn.Module, bool]]:
@@ -75,7 +84,15 @@ def hope_block(config: ModelConfig) -> list[tuple[nn.Module, bool]]:
 BLOCK_RECIPES: dict[str, Callable[[ModelConfig], list[tuple[nn.Module, bool]]]] = {
     "transformer": transformer_block,
     "swa_transformer": swa_transformer_block,
+    "linear_attention": memory_block,
+    "deltanet": memory_block,
+    "gated_deltanet": memory_block,
+    "lmm": memory_block,
+    "mac": mac_block,
+    "mag": mag_block,
+    "mal": mal_block,
     "hope": hope_block,
+    "theta_lm": memory_block,
 }
 
 
