@@ -89,3 +89,44 @@ def test_truncated_backprop_with_detached_state(arch):
     second = model(tokens[:, 10:], state)
     second.logits.square().mean().backward()  # must not reach into the first piece's graph
     assert second.state.position == 19
+
+
+@pytest.mark.parametrize("arch,rule", [(arch, rule) for arch in ("lmm", "mac", "mag", "mal", "hope")
+                                       for rule in ("moneta", "yaad", "memora", "atlas")]
+                         + [("theta_lm", "theta_lowrank")])
+def test_any_memory_rule_plugs_in_and_streams_exactly(arch, rule):
+    model = small_model(arch, memory_rule=rule).eval()
+    tokens = torch.randint(0, 256, (2, 14), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(tokens).logits
+        out = model(tokens[:, :9])
+        pieces = [out.logits]
+        for t in range(9, 14):
+            out = model(tokens[:, t : t + 1], out.state)
+            pieces.append(out.logits)
+    assert torch.isfinite(full).all()
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=1e-4)
+
+
+def test_hope_adaptation_persists_inside_scope_and_is_undone_after():
+    model = small_model("hope").eval()
+    before = {name: t.clone() for name, t in model.state_dict().items()}
+    text = torch.randint(0, 256, (1, 20), generator=torch.Generator().manual_seed(4))
+    probe = torch.randint(0, 256, (1, 6), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        baseline = model(probe).logits
+    with model.adaptation_scope():
+        model.adapt(text)
+        changed = {name for name, t in model.state_dict().items() if not torch.equal(t, before[name])}
+        assert any("projection_init" in n for n in changed) and any(n.endswith("w_in") for n in changed)
+        assert any("memory_init" in n for n in changed)
+        with torch.no_grad():
+            assert not torch.allclose(model(probe).logits, baseline, atol=1e-4)
+    assert all(torch.equal(t, before[name]) for name, t in model.state_dict().items())
+    with torch.no_grad():
+        assert torch.equal(model(probe).logits, baseline)
+
+
+def test_adapt_needs_fast_weights():
+    with pytest.raises(ValueError, match="arch 'transformer' has no fast weights"):
+        small_model("transformer").adapt(torch.randint(0, 256, (1, 4)))
