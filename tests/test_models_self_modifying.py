@@ -30,7 +30,7 @@ def reference_layer(layer: SelfModifyingMemory, x: torch.Tensor) -> torch.Tensor
         u = F.normalize(outs[0], dim=-1)
         identity = torch.eye(dim).expand(batch, -1, -1)
         for i, w in enumerate(weights):
-            target = torch.einsum("bod,bd->bo", w, outs[1])
+            target = torch.einsum("bod,bd->bo", w, outs[1] / outs[1].norm(dim=-1, keepdim=True))
             error = torch.einsum("bod,bd->bo", w, u) - target
             new = w @ (identity - rate * u[:, :, None] * u[:, None, :]) - rate * error[:, :, None] * u[:, None, :]
             pending[i] = pending[i] + (new - w)
@@ -93,3 +93,14 @@ def test_commit_sets_starting_weights_and_bad_arguments():
         SelfModifyingMemory(10, heads=3)
     with pytest.raises(ValueError, match="x must be"):
         layer(torch.randn(1, 3, 5))
+
+
+def test_long_input_stays_bounded():
+    torch.manual_seed(3)
+    layer = SelfModifyingMemory(16, heads=2, chunk_size=4)
+    with torch.no_grad():
+        layer.step_bias.fill_(3.0)  # near-maximal steps
+        y, state = layer(torch.randn(1, 2048, 16) * 3)
+    assert torch.isfinite(y).all()
+    for start, now in zip(layer.projection_init, state.projections, strict=True):
+        assert now.norm() < 10 * start.norm()

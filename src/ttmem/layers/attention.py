@@ -64,6 +64,17 @@ class KVCache:
     length: int
     next_position: int
 
+    @classmethod
+    def from_tensors(cls, keys: Tensor, values: Tensor, positions: Tensor) -> KVCache:
+        """A cache holding the given entries: keys, values [B, H, N, d] (rotary applied), positions [N]."""
+        if keys.dim() != 4 or values.shape[:3] != keys.shape[:3] or positions.shape != (keys.shape[2],):
+            raise ValueError(
+                "keys and values must be [batch, heads, entries, dim] with matching leading dims and positions "
+                f"[entries]; got {tuple(keys.shape)}, {tuple(values.shape)}, {tuple(positions.shape)}"
+            )
+        next_position = int(positions.max()) + 1 if positions.numel() else 0
+        return cls(_KVStore(keys, values, positions, keys.shape[2]), keys.shape[2], next_position)
+
     @property
     def keys(self) -> Tensor:
         """[B, H, length, d]"""

@@ -5,7 +5,7 @@ key, value, step-size and forget projections are not fixed matrices: each is a l
 M_p (p in k, v, eta, alpha) that keeps learning in context from its own self-generated targets
 
     k_t = M_k x_t,  v_t = M_v x_t,  eta_t = sigmoid(M_eta x_t + b_eta),  alpha_t = sigmoid(M_alpha x_t + b_alpha)
-    target  v^_p,t = M_p v_t                          (each memory generates its own values)
+    target  v^_p,t = M_p w_t,  w_t = v_t / ||v_t||     (each memory generates its own values)
     update  M_p <- M_p (I - eta'_t u_t u_t^T) - eta'_t (M_p u_t - v^_p,t) u_t^T,   u_t = k_t / ||k_t||
 
 the delta-gradient-descent step of DESIGN.md with eta'_t = eta_t / (1 + eta_t), eta_t averaged
@@ -18,6 +18,9 @@ Design choices:
   large as one token step, so the contraction (I - eta' u u^T) stays contractive.
 - The main memory is the engine's ``memorize`` with the generated k, v, eta, alpha; its initial
   weights, like the projection memories' initial weights, are learned parameters.
+- Keys and the values fed to the self-referential targets are unit vectors: then the update's factor
+  I - eta'(2u - w)u^T has its one non-unit eigenvalue in [1 - 3 eta', 1 - eta'], so the memories
+  cannot amplify themselves through their own targets (with raw values they diverge over long inputs).
 - Updates at fixed weights add over tokens, so whole / pieces / token-by-token runs agree exactly.
 - ``commit(state)`` makes the state's fast weights the starting weights (test-time adaptation that
   persists across calls; ``LanguageModel.adaptation_scope`` undoes it).
@@ -54,7 +57,7 @@ class SelfModifyingState:
 def delta_gradient_updates(weights: Tensor, keys: Tensor, values: Tensor, rates: Tensor) -> Tensor:
     """Sum over t of the delta-GD change of one linear memory at fixed weights.
 
-    weights: [B, out, dim]; keys (unit norm), values: [B, T, dim]; rates eta'_t: [B, T].
+    weights: [B, out, dim]; keys, values (unit norm): [B, T, dim]; rates eta'_t: [B, T].
     Returns -sum_t rate_t (2 W u_t - W v_t) u_t^T as [B, out, dim].
     """
     direction = 2 * torch.einsum("bod,btd->bto", weights, keys) - torch.einsum("bod,btd->bto", weights, values)
@@ -109,7 +112,7 @@ class SelfModifyingMemory(nn.Module):
                 store.append(out)
             mean_step = step.mean(dim=-1)
             rates = mean_step / (1 + mean_step) / self.chunk_size
-            keys, values = F.normalize(outs[0], dim=-1), outs[1]
+            keys, values = F.normalize(outs[0], dim=-1), F.normalize(outs[1], dim=-1)
             updates = tuple(delta_gradient_updates(w, keys, values, rates) for w in projections)
             pending = updates if pending is None else tuple(p + u for p, u in zip(pending, updates, strict=True))
             offset += end - begin
