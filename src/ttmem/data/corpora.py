@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,27 +56,39 @@ def _is_text(path: Path) -> bool:
 
 
 def list_text_files(root: Path, suffixes: tuple[str, ...] | None = None) -> list[Path]:
-    """Regular, non-hidden, non-binary files under `root` (sorted by relative path)."""
+    """Regular, non-hidden, non-binary files under `root` (sorted by relative path); folders named
+    site-packages / dist-packages / __pycache__ and hidden ones are not entered."""
     files = []
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).parts
-        if not path.is_file() or any(p.startswith(".") or p in _SKIP_PARTS for p in rel):
-            continue
-        if suffixes is not None and path.suffix not in suffixes:
-            continue
-        if _is_text(path):
-            files.append(path)
-    return files
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".") and d not in _SKIP_PARTS]
+        for name in names:
+            path = Path(folder) / name
+            if name.startswith(".") or (suffixes is not None and path.suffix not in suffixes):
+                continue
+            if path.is_file() and _is_text(path):
+                files.append(path)
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def split_files(root: Path, files: list[Path], val_fraction: float) -> tuple[bytes, bytes]:
-    """Concatenated (train, validation) bytes of `files`, split by `in_validation` of each path.
-    If that leaves a side empty (a folder of one or two files), the joined text is split by
-    position instead: the last `val_fraction` of it becomes validation."""
+def split_files(
+    root: Path, files: list[Path], val_fraction: float, max_bytes: int | None = None
+) -> tuple[bytes, bytes]:
+    """Concatenated (train, validation) bytes of `files`, split by `in_validation` of each path
+    (reading stops once train has `max_bytes` and validation `max_bytes // 10`). If that leaves a
+    side empty (a folder of one or two files), the joined text is split by position instead: the
+    last `val_fraction` of it becomes validation."""
     train, val = [], []
+    cap = (max_bytes, max(1, max_bytes // 10)) if max_bytes else (float("inf"), float("inf"))
+    limits = {id(train): cap[0], id(val): cap[1]}
+    sizes = {id(train): 0, id(val): 0}
     for path in files:
-        rel = path.relative_to(root).as_posix()
-        (val if in_validation(rel, val_fraction) else train).append(path.read_bytes())
+        side = val if in_validation(path.relative_to(root).as_posix(), val_fraction) else train
+        if sizes[id(side)] >= limits[id(side)]:
+            if all(sizes[k] >= limits[k] for k in sizes):
+                break
+            continue
+        side.append(path.read_bytes())
+        sizes[id(side)] += len(side[-1]) + 1
     if train and val:
         return b"\n".join(train), b"\n".join(val)
     return split_by_position(b"\n".join(train + val), val_fraction)
@@ -106,7 +119,7 @@ def _from_bytes(name: str, tok: Tokenizer, train: bytes, val: bytes, max_bytes: 
 def load_stdlib(tokenizer: Tokenizer, val_fraction: float = 0.05, max_bytes: int | None = None) -> Corpus:
     """The standard library's .py sources (site-packages excluded), split by path hash."""
     root = stdlib_root()
-    train, val = split_files(root, list_text_files(root, (".py",)), val_fraction)
+    train, val = split_files(root, list_text_files(root, (".py",)), val_fraction, max_bytes)
     return _from_bytes("stdlib", tokenizer, train, val, max_bytes)
 
 
@@ -126,7 +139,7 @@ def load_path(
         files = [f for f in list_text_files(root) if f.stat().st_size > 0]
         if not files:
             raise ValueError(f"data folder contains no non-empty text files: {root}")
-        train, val = split_files(root, files, val_fraction)
+        train, val = split_files(root, files, val_fraction, max_bytes)
     return _from_bytes(str(root), tokenizer, train, val, max_bytes)
 
 

@@ -38,12 +38,12 @@ def _load_factory(spec: str):
     return factory
 
 
-def _models_package():
+def _models_package(spec: str):
     try:
         return importlib.import_module("ttmem.models")
     except ImportError as err:
         raise ValueError(
-            f"model presets need the ttmem.models package, which failed to import: {err}"
+            f"model preset '{spec}' needs the ttmem.models package, which failed to import: {err}"
         ) from err
 
 
@@ -61,7 +61,7 @@ def build_from_spec(
         except TypeError as err:
             raise ValueError(f"model factory {spec} rejected its arguments {sorted(args)}: {err}") from err
     else:
-        models = _models_package()
+        models = _models_package(spec)
         try:
             model = models.build_model(spec, **args)
         except TypeError as err:
@@ -78,7 +78,7 @@ def build_from_spec(
 def rebuild_model(record: dict[str, Any]) -> nn.Module:
     """The (untrained) model a checkpoint's record describes."""
     if "config" in record and ":" not in record["spec"]:
-        models = _models_package()
+        models = _models_package(record["spec"])
         return models.build_model(models.ModelConfig.from_dict(record["config"]))
     model, _ = build_from_spec(
         record["spec"], {k: v for k, v in record["args"].items()}, record["args"].get("vocab_size", 256)

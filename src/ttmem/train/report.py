@@ -164,8 +164,9 @@ def run_main_job(config: TrainConfig, resume: bool | str = False, progress: bool
         try:
             needle_example(np.random.default_rng(0), config.seq_len, 0.5, get_tokenizer(config.tokenizer))
         except ValueError as err:
-            raise ValueError(f"the report's needle evaluation cannot run: {err}; raise seq_len or set "
-                             "report=false") from None
+            raise ValueError(
+                f"the report's needle evaluation cannot run: {err}; raise seq_len or set report=false"
+            ) from None
     main = Trainer(config, progress=progress)
     result = main.fit(resume)
     out: dict[str, Any] = {"main": result}
