@@ -29,14 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("settings", nargs="*", help="key=value overrides of the training config")
     train.add_argument("--config", help="YAML or TOML config file")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    train.add_argument(
-        "--resume",
-        nargs="?",
-        const=True,
-        default=False,
-        metavar="CHECKPOINT",
-        help="continue from the newest checkpoint in out_dir, or from CHECKPOINT",
-    )
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
+    train.add_argument("--resume-from", default="", metavar="CHECKPOINT", help="continue from CHECKPOINT")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     ev = sub.add_parser("eval", help="evaluate checkpoints / run folders on the same data")
@@ -79,7 +73,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     config = resolve_config(args.config, [*args.overrides, *args.settings])
     try:
-        out = run_main_job(config, resume=args.resume, progress=not args.no_progress)
+        out = run_main_job(config, resume=args.resume_from or args.resume, progress=not args.no_progress)
     finally:
         shutdown_distributed()
     stopped = next(

@@ -9,8 +9,8 @@ Design choices:
   micro-batch's summed loss is divided by the step's global number of target tokens (times the
   world size, which DDP's gradient averaging divides out), so N processes compute the same
   gradient as one process with the same `batch_size`.
-- Stopping. A signal only sets a flag; the flag travels with the step's loss all-reduce so every
-  process stops after the same step, then rank 0 writes a checkpoint. A non-finite loss or
+- Stopping. A signal only sets a flag; after every step the flags are summed over processes so
+  every process stops after the same step, then rank 0 writes a checkpoint. A non-finite loss or
   gradient stops before the optimizer step: no bad weights are ever saved, and no existing
   checkpoint is removed.
 """
@@ -243,8 +243,8 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def _train_step(self) -> tuple[float, float, bool]:
-        """One optimizer step; returns (global mean loss, grad norm, stop requested anywhere)."""
+    def _train_step(self) -> tuple[float, float]:
+        """One optimizer step; returns (global mean loss over all processes, grad norm)."""
         cfg = self.config
         torch.manual_seed(_step_seed(cfg.seed, self.step, self.env.rank))
         micro = len(self.rows) // cfg.grad_accum
@@ -263,14 +263,7 @@ class Trainer:
                 nll = token_nll_sum(logits_of(self.model(batch.input_ids)), batch.targets)
             (nll * scale).backward()
             loss_sum += nll.detach().double()
-        flags = torch.stack(
-            [
-                loss_sum,
-                torch.tensor(float(self._stop_reason is not None), dtype=torch.float64, device=self.device),
-            ]
-        )
-        flags = all_reduce_sum(flags, self.env)
-        loss = float(flags[0]) / max(global_count, 1.0)
+        loss = float(all_reduce_sum(loss_sum, self.env)) / max(global_count, 1.0)
         if hasattr(self.model, "clip_grad_norm_"):
             grad_norm = float(self.model.clip_grad_norm_(cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
         else:
@@ -291,7 +284,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.step += 1
-        return loss, grad_norm, bool(flags[1] > 0)
+        return loss, grad_norm
+
+    def _stop_agreed(self) -> bool:
+        """Whether any process was asked to stop (the same answer on every process)."""
+        flag = torch.tensor([float(self._stop_reason is not None)], dtype=torch.float64, device=self.device)
+        return bool(all_reduce_sum(flag, self.env)[0] > 0)
 
     def validate(self) -> dict[str, float]:
         """Validation loss / bpb on the first `eval_tokens` tokens of the validation split."""
@@ -367,7 +365,7 @@ class Trainer:
         try:
             while self.step < cfg.steps:
                 lr = self.optimizer.param_groups[0]["lr"]
-                loss, grad_norm, stop = self._train_step()
+                loss, grad_norm = self._train_step()
                 result.last_loss = loss
                 record = {
                     "step": self.step,
@@ -391,6 +389,7 @@ class Trainer:
                         )
                 if self.on_step:
                     self.on_step(self, record)
+                stop = self._stop_agreed()
                 if stop or self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
                     result.checkpoint = self.save() or result.checkpoint
                     if logger:
