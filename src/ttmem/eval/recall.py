@@ -31,8 +31,8 @@ def answer_accuracy(model: nn.Module, inputs: np.ndarray, targets: np.ndarray) -
     tgt = torch.from_numpy(targets).long().to(logits.device)
     mask = tgt != IGNORE
     hit = (logits.argmax(-1) == tgt) & mask
-    per_example = (hit.sum(1) == mask.sum(1)).float()
-    return float(per_example.mean()), float(hit.sum() / mask.sum().clamp(min=1))
+    exact = int((hit.sum(1) == mask.sum(1)).sum())
+    return exact / len(tgt), int(hit.sum()) / max(int(mask.sum()), 1)
 
 
 def needle_accuracy(
