@@ -187,7 +187,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_ddp_two_processes_match_one_process(tmp_path, text_file):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_processes_match_one_process(tmp_path, text_file, strategy):
     args = [
         f"model={MODELS}:tiny_lm",
         f"data={text_file}",
@@ -202,6 +203,7 @@ def test_ddp_two_processes_match_one_process(tmp_path, text_file):
         "eval_tokens=512",
         "aux_task=mqar",
         "aux_fraction=0.5",
+        f"distributed={strategy}",
     ]
     cmd = [
         sys.executable,
@@ -228,6 +230,11 @@ def test_ddp_two_processes_match_one_process(tmp_path, text_file):
     val = [r for r in read_log(tmp_path / "ddp" / "log.jsonl") if "val_loss" in r]
     val_single = [r for r in read_log(tmp_path / "single" / "log.jsonl") if "val_loss" in r]
     assert abs(val[-1]["val_loss"] - val_single[-1]["val_loss"]) < 1e-5
+    # The gathered full weights of the last checkpoint equal the single process's weights.
+    multi = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "ddp" / "checkpoints"))["model"]
+    one = ckpt.load_checkpoint(ckpt.latest_checkpoint(tmp_path / "single" / "checkpoints"))["model"]
+    assert multi.keys() == one.keys()
+    assert all(torch.allclose(multi[k], one[k], atol=1e-6) for k in one)
 
 
 def test_sigterm_writes_a_checkpoint_and_resume_continues(tmp_path, text_file):

@@ -17,7 +17,9 @@ class TinyCausalLM(nn.Module):
         super().__init__()
         self.embed = nn.Embedding(vocab_size, dim)
         self.pos = nn.Parameter(torch.zeros(1024, dim))
-        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True)
+        # No projection biases: the key bias has an exactly-zero gradient (softmax ignores it), which
+        # Adam turns into lr-sized steps driven by rounding noise.
+        self.attn = nn.MultiheadAttention(dim, 2, batch_first=True, bias=False)
         self.norm = nn.LayerNorm(dim)
         self.drop = nn.Dropout(dropout)
         self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))

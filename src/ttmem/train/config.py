@@ -24,9 +24,7 @@ class TrainConfig:
     # model
     model: str = "mac-tiny"  # preset name, or "path/to/file.py:factory" / "pkg.module:factory"
     model_args: dict = field(default_factory=dict)  # overrides passed to the model builder
-    baseline: str = (
-        "swa_transformer-tiny"  # trained (or reused) and compared after the main run; "none" = off
-    )
+    baseline: str = "swa_transformer-tiny"  # trained (or reused) and compared after the main run; "none" = off
     # data
     data: str = "stdlib"  # "stdlib", "enwik8", "hf:NAME[:CONFIG]", or a file / folder path
     tokenizer: str = "bytes"

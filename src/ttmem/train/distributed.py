@@ -2,7 +2,9 @@
 
 Design: a run is distributed exactly when torchrun's WORLD_SIZE > 1 is in the environment; then the
 backend is NCCL on GPUs and gloo on CPU. Only rank 0 writes files. The model is wrapped after it is
-built with the same seed on every rank (DDP also broadcasts rank 0's weights).
+built with the same seed on every rank (DDP also broadcasts rank 0's weights). FSDP is PyTorch's
+per-parameter sharding (`fully_shard`, which also runs on CPU with gloo), applied to every block of
+the model's layer lists and then to the root.
 """
 
 from __future__ import annotations
@@ -68,11 +70,14 @@ def wrap_model(model: nn.Module, env: DistEnv, strategy: str, device: torch.devi
     if not env.enabled:
         return model
     if strategy == "fsdp":
-        from torch.distributed.fsdp import FullyShardedDataParallel
+        from torch.distributed.fsdp import fully_shard
 
-        return FullyShardedDataParallel(
-            model, device_id=device if device.type == "cuda" else None, use_orig_params=True
-        )
+        # Shard every block of every ModuleList (the layers), then the root (embeddings, head).
+        for container in [m for m in model.modules() if isinstance(m, nn.ModuleList)]:
+            for block in container:
+                if any(p.requires_grad for p in block.parameters()):
+                    fully_shard(block)
+        return fully_shard(model)
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(model, device_ids=ids)
 

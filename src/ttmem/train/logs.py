@@ -36,9 +36,7 @@ def read_log(path: str | Path) -> list[dict[str, Any]]:
 class RunLogger:
     """Writes metrics records to log.jsonl (and TensorBoard / wandb if enabled)."""
 
-    def __init__(
-        self, out_dir: Path, config: dict[str, Any], tensorboard: bool = False, wandb: bool = False
-    ) -> None:
+    def __init__(self, out_dir: Path, config: dict[str, Any], tensorboard: bool = False, wandb: bool = False) -> None:
         self.path = out_dir / "log.jsonl"
         self._tb = self._wandb = None
         if tensorboard:
@@ -53,9 +51,7 @@ class RunLogger:
             try:
                 wandb_module = importlib.import_module("wandb")
             except ImportError as err:
-                raise ValueError(
-                    "wandb=true needs the 'wandb' package: pip install 'ttmem[logging]'"
-                ) from err
+                raise ValueError("wandb=true needs the 'wandb' package: pip install 'ttmem[logging]'") from err
             os.environ.setdefault("WANDB_MODE", "offline")
             self._wandb = wandb_module.init(
                 project="ttmem", dir=str(out_dir), config=config, mode=os.environ["WANDB_MODE"]

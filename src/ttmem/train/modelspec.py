@@ -47,9 +47,7 @@ def _models_package(spec: str):
         ) from err
 
 
-def build_from_spec(
-    spec: str, model_args: dict[str, Any], vocab_size: int
-) -> tuple[nn.Module, dict[str, Any]]:
+def build_from_spec(spec: str, model_args: dict[str, Any], vocab_size: int) -> tuple[nn.Module, dict[str, Any]]:
     """(model, record) for a preset name or FILE.py:FACTORY / module:FACTORY spec."""
     if not isinstance(spec, str) or not spec:
         raise ValueError(f"model must be a preset name or FILE.py:FACTORY, got {spec!r}")

@@ -55,9 +55,7 @@ def build_optimizer(
         return torch.optim.SGD(groups, lr=lr, momentum=betas[0])
     registry = _optim_registry()
     if key not in registry:
-        raise ValueError(
-            f"unknown optimizer '{name}'; available: {', '.join([*TORCH_OPTIMIZERS, *registry])}"
-        )
+        raise ValueError(f"unknown optimizer '{name}'; available: {', '.join([*TORCH_OPTIMIZERS, *registry])}")
     try:
         return registry[key](groups, lr=lr)
     except TypeError as err:

@@ -43,8 +43,7 @@ def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[
         raise ValueError(f"checkpoint {path} has no model record; it was not written by `ttmem train`")
     if payload["model_record"]["spec"].startswith("<"):
         raise ValueError(
-            f"checkpoint {path} holds a model passed in from Python; rebuild it there and load "
-            "its 'model' state dict"
+            f"checkpoint {path} holds a model passed in from Python; rebuild it there and load its 'model' state dict"
         )
     model = rebuild_model(payload["model_record"])
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from ttmem.eval.recall import save_heatmap
 from ttmem.train.checkpoint import list_checkpoints, load_checkpoint
 from ttmem.train.config import TrainConfig
 from ttmem.train.logs import read_log
-from ttmem.train.pipeline import evaluate_model, format_table, report_depths
+from ttmem.train.pipeline import evaluate_model, format_table, load_trained, report_depths
 from ttmem.train.trainer import Trainer, TrainResult
 
 
@@ -52,8 +53,7 @@ def _train_baseline(config: TrainConfig, progress: bool) -> TrainResult:
         stored = load_checkpoint(found[-1][1]).get("train_config")
         if stored != config.to_dict():
             raise ValueError(
-                f"{config.out_dir} holds a baseline trained with another config; delete it or "
-                "choose another out_dir"
+                f"{config.out_dir} holds a baseline trained with another config; delete it or choose another out_dir"
             )
     return Trainer(config, progress=progress).fit(resume=bool(found))
 
@@ -107,8 +107,11 @@ def write_report(config: TrainConfig, runs: dict[str, TrainResult], progress: bo
     corpus = next(iter(runs.values())).corpus
     results = {}
     for name, run in runs.items():
+        # FSDP leaves each process a shard of the weights: evaluate the full weights of the checkpoint.
+        sharded = config.distributed == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        model = load_trained(run.checkpoint)[0] if sharded else run.model
         results[name] = evaluate_model(
-            run.model,
+            model,
             corpus,
             config.seq_len,
             eval_tokens=config.eval_tokens,
@@ -151,9 +154,7 @@ def write_report(config: TrainConfig, runs: dict[str, TrainResult], progress: bo
         "",
     ]
     (out_dir / "report.md").write_text("\n".join(lines))
-    summary = {
-        name: {k: v for k, v in m.items() if not isinstance(v, np.ndarray)} for name, m in results.items()
-    }
+    summary = {name: {k: v for k, v in m.items() if not isinstance(v, np.ndarray)} for name, m in results.items()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return {"rows": rows, "report": str(out_dir / "report.md"), "plots": plots, "table": format_table(rows)}
 

@@ -31,6 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
 
 from ttmem.data import Corpus, CorpusWindows, MixedRows, SyntheticTask, TaskRows, get_tokenizer, load_corpus
 from ttmem.data.batches import RowSource, make_batch
@@ -71,9 +78,7 @@ def build_source(config: TrainConfig, corpus: Corpus) -> RowSource:
     """Training rows: corpus windows, mixed with the synthetic `aux_task` when asked."""
     source: RowSource = CorpusWindows(corpus.train, config.seq_len, config.seed)
     if config.aux_task and config.aux_fraction > 0:
-        task = SyntheticTask(
-            config.aux_task, config.seq_len, corpus.vocab_size, get_tokenizer(config.tokenizer)
-        )
+        task = SyntheticTask(config.aux_task, config.seq_len, corpus.vocab_size, get_tokenizer(config.tokenizer))
         source = MixedRows(source, TaskRows(task, config.seed), config.aux_fraction, config.seed)
     return source
 
@@ -135,9 +140,7 @@ class Trainer:
         self.source = build_source(config, self.corpus)
         torch.manual_seed(config.seed)  # the same initial weights on every process
         if model is None:
-            model, self.model_record = build_from_spec(
-                config.model, config.model_args, self.corpus.vocab_size
-            )
+            model, self.model_record = build_from_spec(config.model, config.model_args, self.corpus.vocab_size)
         else:
             self.model_record = {"spec": f"<{type(model).__name__} instance>", "args": {}}
         self.module = model.to(self.device)
@@ -171,41 +174,24 @@ class Trainer:
         self._stop_reason = reason
 
     # -- checkpoints ---------------------------------------------------------------------------
-    def _model_state(self) -> dict[str, torch.Tensor]:
-        if self.env.enabled and self.config.distributed == "fsdp":
-            from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-            with FSDP.state_dict_type(
-                self.model,
-                StateDictType.FULL_STATE_DICT,
-                FullStateDictConfig(offload_to_cpu=True, rank0_only=True),
-            ):
-                return self.model.state_dict()
-        return unwrap(self.model).state_dict()
-
     def save(self) -> Path | None:
-        model_state = self._model_state()
-        optim_state = self.optimizer.state_dict()
-        if self.env.enabled and self.config.distributed == "fsdp":
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-            optim_state = FSDP.optim_state_dict(self.model, self.optimizer)
+        """Write a checkpoint of the current step (rank 0; every process takes part in gathering)."""
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(self.model, options=full)
+        optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=full)
         if not self.env.is_main:
             return None
-        path = ckpt.save_checkpoint(
-            ckpt.checkpoint_path(self.checkpoint_dir, self.step),
-            {
-                "step": self.step,
-                "model": model_state,
-                "optimizer": optim_state,
-                "scheduler": self.scheduler.state_dict(),
-                "rng": _rng_state(),
-                "model_record": self.model_record,
-                "train_config": self.config.to_dict(),
-                "world_size": self.env.world,
-            },
-        )
+        payload = {
+            "step": self.step,
+            "model": model_state,
+            "optimizer": optim_state,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_state(),
+            "model_record": self.model_record,
+            "train_config": self.config.to_dict(),
+            "world_size": self.env.world,
+        }
+        path = ckpt.save_checkpoint(ckpt.checkpoint_path(self.checkpoint_dir, self.step), payload)
         ckpt.prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
         return path
 
@@ -221,17 +207,18 @@ class Trainer:
                 f"{record.get('args')}, but this run builds {self.model_record['spec']} "
                 f"{self.model_record['args']}"
             )
+        full = StateDictOptions(full_state_dict=True)
         try:
-            unwrap(self.model).load_state_dict(payload["model"])
-        except RuntimeError as err:
+            set_model_state_dict(self.model, payload["model"], options=full)
+        except (RuntimeError, KeyError) as err:
             first = str(err).strip().splitlines()[0]
             raise ValueError(f"checkpoint {path} does not match the model's weights: {first}") from err
-        optim_state = payload["optimizer"]
-        if self.env.enabled and self.config.distributed == "fsdp":
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-            optim_state = FSDP.optim_state_dict_to_load(self.model, self.optimizer, optim_state)
-        self.optimizer.load_state_dict(optim_state)
+        try:
+            set_optimizer_state_dict(self.model, self.optimizer, payload["optimizer"], options=full)
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise ValueError(
+                f"checkpoint {path} holds optimizer state that does not fit optimizer '{self.config.optimizer}': {err}"
+            ) from err
         self.scheduler.load_state_dict(payload["scheduler"])
         _set_rng_state(payload["rng"])
         self.step = int(payload["step"])
@@ -264,14 +251,8 @@ class Trainer:
             (nll * scale).backward()
             loss_sum += nll.detach().double()
         loss = float(all_reduce_sum(loss_sum, self.env)) / max(global_count, 1.0)
-        if hasattr(self.model, "clip_grad_norm_"):
-            grad_norm = float(self.model.clip_grad_norm_(cfg.grad_clip if cfg.grad_clip > 0 else math.inf))
-        else:
-            grad_norm = float(
-                nn.utils.clip_grad_norm_(
-                    self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-                )
-            )
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             latest = ckpt.latest_checkpoint(self.checkpoint_dir)
@@ -311,9 +292,7 @@ class Trainer:
             return {}
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(
-                sig, lambda signum, _frame: self.request_stop(signal.Signals(signum).name)
-            )
+            previous[sig] = signal.signal(sig, lambda signum, _frame: self.request_stop(signal.Signals(signum).name))
         return previous
 
     def fit(self, resume: bool | str | Path = False) -> TrainResult:
@@ -357,9 +336,7 @@ class Trainer:
         if self.progress and main:
             from tqdm.auto import tqdm
 
-            bar = tqdm(
-                total=cfg.steps, initial=self.step, desc=f"train {self.model_record['spec']}", unit="step"
-            )
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.model_record['spec']}", unit="step")
         tokens_per_step = cfg.batch_size * cfg.seq_len
         start, start_step = time.perf_counter(), self.step
         try:
@@ -384,9 +361,7 @@ class Trainer:
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
                     result.validation = self.validate()
                     if logger:
-                        logger.log(
-                            {"step": self.step, **{f"val_{k}": v for k, v in result.validation.items()}}
-                        )
+                        logger.log({"step": self.step, **{f"val_{k}": v for k, v in result.validation.items()}})
                 if self.on_step:
                     self.on_step(self, record)
                 stop = self._stop_agreed()
