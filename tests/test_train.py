@@ -284,3 +284,39 @@ def test_sigterm_writes_a_checkpoint_and_resume_continues(tmp_path, text_file):
     )
     assert done.returncode == 0, done.stderr
     assert [s for s, _, _ in losses(out)] == list(range(1, step + 3))
+
+
+def test_bf16_autocast_changes_the_arithmetic_not_the_result(tmp_path, text_file):
+    fp32 = Trainer(tiny_config(tmp_path / "fp32", text_file, "steps=2"))
+    bf16 = Trainer(tiny_config(tmp_path / "bf16", text_file, "steps=2", "precision=bf16"))
+    assert fp32.autocast_dtype is None and bf16.autocast_dtype is torch.bfloat16
+    fp32.fit(), bf16.fit()
+    (_, a, _), (_, b, _) = losses(tmp_path / "fp32")[0], losses(tmp_path / "bf16")[0]
+    assert a != b and abs(a - b) < 0.05  # bf16 rounding, same model and data
+
+
+def test_missing_logging_extras_are_named(tmp_path, text_file, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(ValueError, match=r"tensorboard.*ttmem\[logging\]"):
+        Trainer(tiny_config(tmp_path / "tb", text_file, "tensorboard=true")).fit()
+    with pytest.raises(ValueError, match=r"wandb.*ttmem\[logging\]"):
+        Trainer(tiny_config(tmp_path / "wb", text_file, "wandb=true")).fit()
+
+
+def test_defaults_are_the_main_job_and_the_baseline_matches_it():
+    from ttmem.train.report import baseline_config
+
+    cfg = resolve_config(None, ["model_args.dim=64"])
+    assert (cfg.model, cfg.baseline, cfg.data, cfg.report) == ("mac-tiny", "swa_transformer-tiny", "stdlib", True)
+    base = baseline_config(cfg)
+    assert (base.model, base.model_args, base.baseline, base.report) == (
+        "swa_transformer-tiny",
+        {"dim": 64},
+        "none",
+        False,
+    )
+    assert (base.data, base.steps, base.seed, base.seq_len) == (cfg.data, cfg.steps, cfg.seed, cfg.seq_len)
+    assert Path(base.out_dir) == Path(cfg.out_dir) / "baseline"
+    custom = baseline_config(resolve_config(None, [f"model={MODELS}:tiny_lm", "model_args.dim=16"]))
+    assert custom.model_args == {}  # a factory's arguments do not carry over to a preset

@@ -32,7 +32,7 @@ class TrainConfig:
     max_bytes: int = 0  # 0 = whole corpus
     aux_task: str = "needle"  # synthetic task mixed into training: "", "needle", "mqar", "copy"
     aux_fraction: float = 0.25
-    seq_len: int = 256
+    seq_len: int = 128
     batch_size: int = 16  # global rows per optimizer step (all processes, all micro-steps)
     grad_accum: int = 1
     # optimisation
@@ -40,8 +40,8 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 0.1
     betas: tuple = (0.9, 0.95)
-    warmup_steps: int = 50
-    steps: int = 600
+    warmup_steps: int = 30
+    steps: int = 300
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     precision: str = "auto"  # "auto" (bf16 where supported on GPU), "bf16", "fp32"
@@ -51,10 +51,10 @@ class TrainConfig:
     device: str = "auto"
     distributed: str = "ddp"  # used under torchrun: "ddp" or "fsdp"
     out_dir: str = "runs/ttmem"
-    ckpt_every: int = 100
+    ckpt_every: int = 50
     keep_checkpoints: int = 2
-    eval_every: int = 200
-    eval_tokens: int = 65536  # validation tokens per evaluation
+    eval_every: int = 100
+    eval_tokens: int = 16384  # validation tokens per evaluation
     log_every: int = 10
     tensorboard: bool = False
     wandb: bool = False

@@ -1,6 +1,6 @@
 """The main job: train a memory model, train or reuse a same-size baseline, compare, write a report.
 
-Design: the baseline is an ordinary run in `OUT/baseline` with the same data, steps and seed as the
+Design: the baseline is an ordinary run in `OUT/baseline` with the same data, steps, seed and size as the
 main run but the baseline's preset; a finished baseline with the same resolved config is reused, a
 partial one is resumed. Both models are evaluated on the same validation windows (bits per byte)
 and the same needle examples at 1x, 2x and 4x the training length; the report is `report.md` with
@@ -37,10 +37,13 @@ def _file_name(label: str) -> str:
 
 
 def baseline_config(config: TrainConfig) -> TrainConfig:
+    """The baseline's run: same data, steps and seed; the size overrides (`model_args`) carry over
+    when both models are presets (one ModelConfig type), so the two stay the same size."""
+    both_presets = ":" not in config.model and ":" not in config.baseline
     return dataclasses.replace(
         config,
         model=config.baseline,
-        model_args={},
+        model_args=dict(config.model_args) if both_presets else {},
         baseline="none",
         report=False,
         out_dir=str(Path(config.out_dir) / "baseline"),
