@@ -41,10 +41,10 @@ OTHER_TEXT_SUFFIXES = {
 }
 SPLITS = ("train", "val", "test")
 LR_GRIDS = {
-    "adamw": (3e-3, 1e-2, 3e-2),
+    "adamw": (1e-2, 3e-2, 1e-1),
     "m3": (3e-3, 1e-2, 3e-2),
-    "deep_momentum": (0.1, 0.3, 1.0),
-    "momentum": (0.1, 0.3, 1.0),
+    "deep_momentum": (0.3, 1.0, 3.0),
+    "momentum": (0.3, 1.0, 3.0),
 }
 
 
