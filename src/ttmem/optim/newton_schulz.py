@@ -25,15 +25,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-QUINTIC_COEFFS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
+from ttmem.memory.newton_schulz import QUINTIC_COEFFS
+from ttmem.memory.newton_schulz import newton_schulz as _iterate
+
 DEFAULT_STEPS = 5
 # Band reached by every singular value with sigma / ||X||_F >= 3e-3 after DEFAULT_STEPS (>= 1e-4 after 8).
 SINGULAR_VALUE_BAND: tuple[float, float] = (0.68, 1.21)
-
-
-def _safe_divide(x: Tensor, scale: Tensor) -> Tensor:
-    """Divide by ``scale`` where it is positive; leave all-zero matrices untouched."""
-    return x / torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
 def newton_schulz(x: Tensor, steps: int = DEFAULT_STEPS) -> Tensor:
@@ -58,19 +55,7 @@ def newton_schulz(x: Tensor, steps: int = DEFAULT_STEPS) -> Tensor:
     if x.numel() == 0:
         return x.clone()
     compute_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    y = x.to(compute_dtype)
-    transposed = y.shape[-2] > y.shape[-1]
-    if transposed:
-        y = y.mT
-    y = _safe_divide(y, y.abs().amax(dim=(-2, -1), keepdim=True))
-    y = _safe_divide(y, torch.linalg.matrix_norm(y, keepdim=True))
-    a, b, c = QUINTIC_COEFFS
-    for _ in range(steps):
-        gram = y @ y.mT
-        y = a * y + (b * gram + c * (gram @ gram)) @ y
-    if transposed:
-        y = y.mT
-    return y.to(x.dtype).contiguous()
+    return _iterate(x.to(compute_dtype), steps, kind="quintic").to(x.dtype).contiguous()
 
 
 def singular_value_map(sigma: Tensor, steps: int = DEFAULT_STEPS) -> Tensor:
