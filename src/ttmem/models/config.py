@@ -1,0 +1,145 @@
+"""One configuration type for every language model in ttmem.
+
+Design choices:
+- A single flat dataclass; each architecture reads the fields it needs and ignores the rest, so a
+  preset is plain data and a checkpoint's JSON config rebuilds the model with no code change.
+- ``memory_rule=None`` means the architecture's own default rule (``DEFAULT_MEMORY_RULES``);
+  Titans-style architectures (lmm, mac, mag, mal, hope) accept any rule of the memory engine.
+- Validation happens at construction and names the offending field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+ARCHITECTURES = (
+    "transformer",
+    "swa_transformer",
+    "linear_attention",
+    "deltanet",
+    "gated_deltanet",
+    "lmm",
+    "mac",
+    "mag",
+    "mal",
+    "hope",
+    "theta_lm",
+)
+
+# The memory rule each architecture uses when ``memory_rule`` is None; the baselines are fixed rules.
+DEFAULT_MEMORY_RULES = {
+    "linear_attention": "linear_attention",
+    "deltanet": "delta",
+    "gated_deltanet": "gated_delta",
+    "lmm": "titans",
+    "mac": "titans",
+    "mag": "titans",
+    "mal": "titans",
+    "hope": "titans",
+    "theta_lm": "theta",
+}
+FIXED_RULE_ARCHITECTURES = {
+    "linear_attention": ("linear_attention",),
+    "deltanet": ("delta",),
+    "gated_deltanet": ("gated_delta",),
+    "theta_lm": ("theta", "theta_lowrank"),
+}
+
+
+@dataclass
+class ModelConfig:
+    """Shape and architecture of a language model.
+
+    Fields: arch (one of ARCHITECTURES); vocab_size; dim (model width); depth (number of blocks);
+    heads / dim_head (attention and memory heads); mlp_ratio (SwiGLU hidden = mlp_ratio * dim);
+    window (sliding-window size for swa_transformer, mag, mal); segment_len (MAC segment length);
+    chunk_size (memory chunk for the mini-batch inner update, and HOPE's projection-memory period);
+    persistent_tokens (learned always-visible attention tokens); memory_rule (engine rule name, None =
+    architecture default); conv_kernel (short causal conv in memory layers, 0 = none);
+    cms_periods (HOPE continuum memory update periods C^(l), fastest first); tie_embeddings;
+    norm_eps; rotary_base.
+    """
+
+    arch: str = "transformer"
+    vocab_size: int = 256
+    dim: int = 192
+    depth: int = 4
+    heads: int = 4
+    dim_head: int | None = None
+    mlp_ratio: float = 8 / 3
+    window: int = 64
+    segment_len: int = 32
+    chunk_size: int = 16
+    persistent_tokens: int = 0
+    memory_rule: str | None = None
+    conv_kernel: int = 4
+    cms_periods: tuple[int, ...] = field(default_factory=lambda: (16, 64, 256))
+    tie_embeddings: bool = True
+    norm_eps: float = 1e-5
+    rotary_base: float = 10000.0
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise ValueError(f"arch must be one of {', '.join(ARCHITECTURES)}; got {self.arch!r}")
+        for name in ("vocab_size", "dim", "depth", "heads", "window", "segment_len", "chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("persistent_tokens", "conv_kernel"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        if self.dim_head is None and self.dim % self.heads != 0:
+            raise ValueError(
+                f"dim ({self.dim}) must be divisible by heads ({self.heads}) when dim_head is None"
+            )
+        if self.dim_head is not None and (self.dim_head <= 0 or self.dim_head % 2 != 0):
+            raise ValueError(f"dim_head must be a positive even integer or None, got {self.dim_head}")
+        if self.mlp_ratio <= 0:
+            raise ValueError(f"mlp_ratio must be positive, got {self.mlp_ratio}")
+        self.cms_periods = tuple(self.cms_periods)
+        if not self.cms_periods or any(not isinstance(p, int) or p <= 0 for p in self.cms_periods):
+            raise ValueError(
+                f"cms_periods must be a non-empty tuple of positive integers, got {self.cms_periods}"
+            )
+        allowed = FIXED_RULE_ARCHITECTURES.get(self.arch)
+        if allowed is not None and self.memory_rule is not None and self.memory_rule not in allowed:
+            raise ValueError(
+                f"memory_rule for arch {self.arch!r} must be one of {allowed} or None, "
+                f"got {self.memory_rule!r}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        """Per-head width."""
+        return self.dim_head if self.dim_head is not None else self.dim // self.heads
+
+    @property
+    def rule(self) -> str | None:
+        """The memory rule in effect (None for attention-only architectures)."""
+        return self.memory_rule if self.memory_rule is not None else DEFAULT_MEMORY_RULES.get(self.arch)
+
+    def replace(self, **overrides: Any) -> ModelConfig:
+        """A copy with some fields changed (validated)."""
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **overrides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        data = dataclasses.asdict(self)
+        data["cms_periods"] = list(self.cms_periods)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of to_dict; unknown keys are an error."""
+        if not isinstance(data, dict):
+            raise TypeError(f"config data must be a dict, got {type(data).__name__}")
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown ModelConfig field(s): {', '.join(sorted(unknown))}")
+        return cls(**data)
