@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ttmem.security.backends import TinyLM, TinyLMBackend
-from ttmem.security.server import PrefixCache, ServingEngine, post_json, serve
+from ttmem.security.server import PrefixCache, ServingEngine, SubprocessServer, post_json, serve
 
 VOCAB = 13
 
@@ -172,3 +172,15 @@ def test_only_loopback_and_known_modes(attention):
         ServingEngine(attention, mode="public")
     with pytest.raises(TypeError, match="backend"):
         ServingEngine(object())
+
+
+def test_server_in_its_own_process_answers_and_exits_cleanly():
+    srv = SubprocessServer("tiny-theta:8", mode="isolated", max_new_tokens=4, lifetime_s=60)
+    try:
+        status, body, _ = post_json(
+            srv.host, srv.port, "/generate", {"user": "a", "prompt": [1, 2], "max_new_tokens": 4}
+        )
+        assert status == 200 and len(body["tokens"]) == 4 and all(0 <= t < 8 for t in body["tokens"])
+    finally:
+        srv.close()
+    assert srv.process.returncode == 0

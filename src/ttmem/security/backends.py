@@ -15,6 +15,10 @@ Backends here:
   per-layer [H, dh, dh] weights, fixed size, one gated ℓ2 gradient step per token). Its prefill
   really computes, so a prefix-cache hit really saves work.
 - ModelBackend: any ``ttmem.models`` language model through ``forward(input_ids, state)``.
+
+``build_backend(name)`` makes one from a picklable name, so a server can be started in another process:
+"tiny-attention", "tiny-theta" (TinyLM, optional ``:vocab``, e.g. "tiny-theta:16"), or a model preset
+("transformer-tiny", "theta_lm-tiny", ...).
 """
 
 from __future__ import annotations
@@ -190,3 +194,19 @@ class ModelBackend:
 
     def slice_state(self, state: Any, length: int) -> Any:
         raise ValueError("slicing is not available for this model's state")
+
+
+def build_backend(name: str, seed: int = 0) -> Backend:
+    """Backend from a name: "tiny-attention[:vocab]", "tiny-theta[:vocab]" or a ``ttmem.models`` preset."""
+    if not isinstance(name, str) or not name:
+        raise TypeError("name must be a non-empty string")
+    base, _, vocab = name.partition(":")
+    if base in ("tiny-attention", "tiny-theta"):
+        if vocab and not vocab.isdigit():
+            raise ValueError(f"vocab size after ':' must be an int, got {vocab!r}")
+        mixer = "attention" if base == "tiny-attention" else "theta"
+        return TinyLMBackend(TinyLM(vocab_size=int(vocab or 32), mixer=mixer, seed=seed))
+    from ttmem.models import build_model  # models are only needed for presets
+
+    torch.manual_seed(seed)
+    return ModelBackend(build_model(name))

@@ -77,9 +77,7 @@ def linear_attention_flops(dim_k: int, dim_v: int, heads: int = 1) -> int:
     return heads * (4 * dim_k * dim_v + 2 * dim_k)
 
 
-def decoder_step_flops(
-    kind: str, dim: int, heads: int = 1, context: int = 0, rank: int = 8, hidden: int = 32
-) -> int:
+def decoder_step_flops(kind: str, dim: int, heads: int = 1, context: int = 0, rank: int = 8, hidden: int = 32) -> int:
     """Per-token FLOPs of one ``reference_layers`` decoder step (projections + core).
 
     context: tokens already cached (KV attention attends to context + 1 keys); ignored by the others.

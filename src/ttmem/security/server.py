@@ -22,6 +22,10 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import select
+import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -29,9 +33,10 @@ from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
-from ttmem.security.backends import Backend, check_tokens
+from ttmem.security.backends import Backend, build_backend, check_tokens
 
 MODES = ("shared", "isolated")
 LOOPBACK = ("127.0.0.1", "localhost")
@@ -149,9 +154,7 @@ class ServingEngine:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not isinstance(backend, Backend):
-            raise TypeError(
-                "backend must implement the Backend protocol (initial_state, extend, slice_state)"
-            )
+            raise TypeError("backend must implement the Backend protocol (initial_state, extend, slice_state)")
         self.backend, self.mode = backend, mode
         self.max_batch, self.max_queue = max_batch, max_queue
         self.max_prompt_tokens, self.max_new_tokens, self.max_users = (
@@ -183,9 +186,7 @@ class ServingEngine:
             raise ValueError(f"session must be 'new' or 'continue', got {session!r}")
         return _Request(user, tokens, max_new_tokens, session, 0)
 
-    def submit(
-        self, user: str, prompt: Sequence[int], max_new_tokens: int = 1, session: str = "new"
-    ) -> Future:
+    def submit(self, user: str, prompt: Sequence[int], max_new_tokens: int = 1, session: str = "new") -> Future:
         """Queue a request; the future resolves to ``{"tokens": [...]}``. Raises QueueFull at the bound."""
         req = self.validate(user, prompt, max_new_tokens, session)
         with self._cond:
@@ -198,9 +199,7 @@ class ServingEngine:
             self._cond.notify()
         return req.future
 
-    def generate(
-        self, user: str, prompt: Sequence[int], max_new_tokens: int = 1, session: str = "new"
-    ) -> dict:
+    def generate(self, user: str, prompt: Sequence[int], max_new_tokens: int = 1, session: str = "new") -> dict:
         return self.submit(user, prompt, max_new_tokens, session).result(timeout=60)
 
     def start(self) -> ServingEngine:
@@ -337,9 +336,7 @@ class RunningServer:
         self.httpd = ThreadingHTTPServer((host, port), _make_handler(engine, max_body_bytes, timeout_s))
         self.httpd.daemon_threads = True
         self.host, self.port = host, self.httpd.server_address[1]
-        self._thread = threading.Thread(
-            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     def close(self) -> None:
@@ -379,3 +376,87 @@ def post_json(host: str, port: int, path: str, payload: Any, timeout: float = 30
     finally:
         conn.close()
     return resp.status, json.loads(raw or b"{}"), elapsed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a server until ``--lifetime-s`` passes or SIGTERM/SIGINT; prints ``PORT <n>`` once listening."""
+    import argparse
+    import signal
+
+    import torch
+
+    parser = argparse.ArgumentParser(prog="python -m ttmem.security.server", description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", default="tiny-attention", help="tiny-attention[:V], tiny-theta[:V] or a preset")
+    parser.add_argument("--mode", choices=MODES, default="shared")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=256)
+    parser.add_argument("--lifetime-s", type=float, default=3600.0)
+    parser.add_argument("--threads", type=int, default=1, help="torch compute threads")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sys.setswitchinterval(1e-4)  # let handler threads answer promptly while the worker holds the GIL
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    engine = ServingEngine(build_backend(args.backend), mode=args.mode, max_new_tokens=args.max_new_tokens)
+    with serve(engine, port=args.port) as srv:
+        print(f"PORT {srv.port}", flush=True)
+        stop.wait(args.lifetime_s)
+    return 0
+
+
+class SubprocessServer:
+    """``main`` in its own process (attacker and server do not share an interpreter); ``close()`` stops it."""
+
+    def __init__(
+        self,
+        backend: str,
+        mode: str = "shared",
+        max_new_tokens: int = 256,
+        lifetime_s: float = 600.0,
+        start_timeout_s: float = 120.0,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        src = str(Path(__file__).resolve().parents[2])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+        cmd = [
+            sys.executable,
+            "-m",
+            "ttmem.security.server",
+            "--backend",
+            backend,
+            "--mode",
+            mode,
+            "--max-new-tokens",
+            str(max_new_tokens),
+            "--lifetime-s",
+            str(lifetime_s),
+        ]
+        self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
+        ready = select.select([self.process.stdout], [], [], start_timeout_s)[0]
+        line = self.process.stdout.readline() if ready else ""
+        if not line.startswith("PORT "):
+            self.close()
+            raise RuntimeError(f"server process did not start (got {line!r})")
+        self.host, self.port = "127.0.0.1", int(line.split()[1])
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process.stdout.close()
+
+    def __enter__(self) -> SubprocessServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -182,9 +182,7 @@ def dudect_test(
     return DudectResult(max_t, name, results["uncropped"], p, max_t > threshold, threshold)
 
 
-def blahut_arimoto(
-    channel: np.ndarray, tol: float = 1e-10, max_iter: int = 10000
-) -> tuple[float, np.ndarray]:
+def blahut_arimoto(channel: np.ndarray, tol: float = 1e-10, max_iter: int = 10000) -> tuple[float, np.ndarray]:
     """Capacity (bits) and optimal input distribution of a discrete memoryless channel.
 
     channel: [inputs, outputs], rows are P(y | x) and must sum to 1.
@@ -215,9 +213,7 @@ class Capacity:
     bins: int
 
 
-def timing_capacity(
-    samples: Samples, bins: int | None = None, permutations: int = 50, seed: int = 0
-) -> Capacity:
+def timing_capacity(samples: Samples, bins: int | None = None, permutations: int = 50, seed: int = 0) -> Capacity:
     """Capacity of the channel class -> quantile bin of the timing, estimated by Blahut-Arimoto."""
     values, labels = _values_labels(samples)
     nx = int(labels.max()) + 1

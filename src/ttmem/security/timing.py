@@ -124,9 +124,7 @@ def _decode_trial(backend: Backend, state: Any, token: int) -> Trial:
     return Trial(run=lambda _arg: backend.extend(state, [token]))
 
 
-def content_classes(
-    backend: Backend, length: int = 64, seed: int = 0, next_token: int = 1
-) -> dict[str, Trial]:
+def content_classes(backend: Backend, length: int = 64, seed: int = 0, next_token: int = 1) -> dict[str, Trial]:
     """Decode one token after prefixes of equal length but different content.
 
     Classes: a constant prefix, a periodic prefix and two independent random prefixes.
@@ -157,8 +155,6 @@ def length_classes(
     rng = np.random.default_rng(seed)
     out = {}
     for n in lengths:
-        state, _ = backend.extend(
-            backend.initial_state(), rng.integers(0, backend.vocab_size, int(n)).tolist()
-        )
+        state, _ = backend.extend(backend.initial_state(), rng.integers(0, backend.vocab_size, int(n)).tolist())
         out[int(n)] = _decode_trial(backend, state, next_token % backend.vocab_size)
     return out
