@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from ttmem import memory
 from ttmem.security import flops
 from ttmem.security.reference_layers import DECODERS
 
@@ -54,3 +55,22 @@ def test_bad_arguments():
         flops.theta_memory_flops(0, 4)
     with pytest.raises(TypeError):
         flops.measure_flops(3)
+
+
+@pytest.mark.parametrize("rule", ["theta", "theta_lowrank"])
+@pytest.mark.parametrize("dk,heads", [(16, 2), (32, 1)])
+def test_memory_engine_per_token_flops_match_analytic_leading_term(rule, dk, heads):
+    """The project's engine, one token at a time (chunk_size=1): the O(d²) / O(r d) term is exactly the
+    analytic one; only lower-order O(d) work (norms, scalar products) may be added."""
+    rank = memory.get_rule(rule).architecture.rank if rule == "theta_lowrank" else None
+    analytic = (
+        flops.theta_memory_flops(dk, dk, heads) if rank is None else flops.theta_lowrank_flops(dk, dk, rank, heads)
+    )
+    per_token = []
+    for t in (1, 5):
+        q, k, v = (torch.randn(1, t, heads, dk) for _ in range(3))
+        lr = torch.rand(1, t, heads)
+        total = flops.measure_flops(lambda q=q, k=k, v=v, lr=lr: memory.memorize(q, k, v, lr, rule=rule, chunk_size=1))
+        per_token.append(total / t)
+    assert per_token[0] == per_token[1]  # fixed work per token
+    assert analytic <= per_token[0] <= analytic + 16 * heads * (2 * dk)
