@@ -10,7 +10,6 @@ import numpy as np
 from _common import table
 
 from ttmem.security.audit import format_report, run_timing_audit
-from ttmem.security.timing import length_classes, run_trials
 
 
 def measure(backend, label: str, out: Path, args, stem: str) -> dict:
@@ -25,10 +24,7 @@ def measure(backend, label: str, out: Path, args, stem: str) -> dict:
     )
     report.model = label
     print(format_report(report))
-    # Raw samples again for the plot (the report keeps summaries only).
-    samples = run_trials(
-        length_classes(backend, args.lengths, args.seed), trials=max(20, args.trials // 4), warmup=2, seed=args.seed + 7
-    ).samples
+    samples = {int(k): v for k, v in report.length.samples.items()}
     lengths = sorted(samples)
     med = np.array([np.median(samples[n]) for n in lengths]) / 1e3
     q1 = np.array([np.quantile(samples[n], 0.25) for n in lengths]) / 1e3

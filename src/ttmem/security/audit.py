@@ -46,6 +46,7 @@ class ClassFamily:
     capacity: stats.Capacity
     trend: stats.Trend | None = None
     flops: dict[int, int] = field(default_factory=dict)
+    samples: dict[str, np.ndarray] = field(default_factory=dict, repr=False)  # raw timings, not serialised
 
 
 @dataclass
@@ -58,7 +59,10 @@ class AuditReport:
     prefix_reuse: ClassFamily
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        for family in ("content", "length", "prefix_reuse"):
+            out[family].pop("samples")
+        return out
 
 
 def _analyse(samples: dict, permutations: int, seed: int) -> ClassFamily:
