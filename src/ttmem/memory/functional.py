@@ -73,7 +73,7 @@ def _check_gate(name: str, g: Tensor | None, shape: tuple[int, ...], unit: bool 
     if g is None:
         return
     _check_tensor(name, g, shape)
-    low, high = float(g.min()), float(g.max())
+    low, high = float(g.detach().min()), float(g.detach().max())
     if low < 0 or (unit and high > 1):
         bound = "[0, 1]" if unit else ">= 0"
         raise ValueError(f"{name} must lie in {bound}, got values in [{low:.4g}, {high:.4g}]")
@@ -94,7 +94,7 @@ def _check_state(state: MemoryState, rule: MemoryRule, batch: int, heads: int, d
     if not 0 <= state.offset < chunk:
         raise ValueError(f"state.offset {state.offset} is not inside a chunk of size {chunk}")
     for name, t in (("state.weights", state.weights), ("state.momentum", state.momentum)):
-        if t is not None and not all(bool(torch.isfinite(x).all()) for x in t):
+        if t is not None and not all(bool(torch.isfinite(x.detach()).all()) for x in t):
             raise ValueError(f"{name} contains NaN or infinite values")
 
 

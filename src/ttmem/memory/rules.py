@@ -10,8 +10,9 @@ Learner fields:
 - ``newton_schulz_steps``: Muon / ATLAS-style orthogonalised momentum, 0 = off. As in Muon, the orthogonalised
   momentum is what the weights see and the momentum buffer itself stays raw: at each chunk start the carried
   momentum enters the chunk's weight updates as NS(S), while S keeps accumulating gradients unorthogonalised.
-  (Feeding NS(S) back into the buffer makes the recurrence chaotic: rounding noise in small singular directions
-  grows by the iteration's slope at zero, about 3.4^5, at every boundary.)
+  Feeding NS(S) back into the buffer makes the recurrence chaotic (rounding noise in near-null directions grows
+  by the iteration's slope at zero at every boundary); for the same reason the engine uses the classical cubic
+  iteration, see ``newton_schulz.py``.
 - ``per_token``: update exactly token by token whatever chunk size is asked (DeltaNet, θMN); the chunk size then
   only blocks the computation.
 """
