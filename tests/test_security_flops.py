@@ -74,3 +74,19 @@ def test_memory_engine_per_token_flops_match_analytic_leading_term(rule, dk, hea
         per_token.append(total / t)
     assert per_token[0] == per_token[1]  # fixed work per token
     assert analytic <= per_token[0] <= analytic + 16 * heads * (2 * dk)
+
+
+@pytest.mark.parametrize("rule", ["theta", "theta_lowrank"])
+@pytest.mark.parametrize("chunk_size", [1, 16])
+def test_neural_memory_layer_decode_flops_do_not_depend_on_context(rule, chunk_size):
+    from ttmem.layers import NeuralMemory
+
+    torch.manual_seed(0)
+    layer = NeuralMemory(32, heads=2, chunk_size=chunk_size, rule=rule)
+    counts = []
+    for context in (3, 16, 40):
+        with torch.no_grad():
+            _, state = layer(torch.randn(1, context, 32))
+            x = torch.randn(1, 1, 32)
+            counts.append(flops.measure_flops(lambda x=x, state=state: layer(x, state)))
+    assert counts[0] == counts[1] == counts[2] > 0
