@@ -28,7 +28,7 @@ def _attack(mixer: str, mode: str, victims: int = 3, secret_len: int = 4):
     backend = TinyLMBackend(TinyLM(vocab_size=VOCAB, dim=32, depth=2, heads=4, mixer=mixer))
     rng = random.Random(0)
     results = []
-    with serve(ServingEngine(backend, mode=mode, max_new_tokens=64)) as srv:
+    with serve(ServingEngine(backend, mode=mode, max_new_tokens=256)) as srv:
         for v in range(victims):
             template = [rng.randrange(VOCAB) for _ in range(10)]
             secret = [rng.randrange(VOCAB) for _ in range(secret_len)]

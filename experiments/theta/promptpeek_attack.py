@@ -27,7 +27,7 @@ from ttmem.security.server import SubprocessServer, post_json
 def attack_server(name: str, mode: str, args) -> tuple:
     rng = random.Random(args.seed)
     results = []
-    with SubprocessServer(name, mode=mode, max_new_tokens=64, lifetime_s=1800) as srv:
+    with SubprocessServer(name, mode=mode, max_new_tokens=256, lifetime_s=1800) as srv:
         for victim in range(args.victims):
             template = [rng.randrange(args.vocab) for _ in range(args.template_len)]
             secret = [rng.randrange(args.vocab) for _ in range(args.secret_len)]
@@ -57,6 +57,8 @@ def main() -> None:
     p.add_argument("--template-len", type=int, default=24)
     p.add_argument("--secret-len", type=int, default=8)
     p.add_argument("--candidates", type=int, default=8)
+    p.add_argument("--blocker-new-tokens", type=int, default=128)
+    p.add_argument("--candidate-new-tokens", type=int, default=16)
     args = p.parse_args()
     out = setup(args)
     servers = {

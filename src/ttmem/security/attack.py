@@ -75,13 +75,19 @@ def promptpeek(
     truth: Sequence[int],
     vocab_size: int,
     blocker_tokens: int = 48,
-    blocker_new_tokens: int = 48,
-    candidate_new_tokens: int = 8,
-    settle_s: float = 0.01,
+    blocker_new_tokens: int = 128,
+    candidate_new_tokens: int = 16,
+    settle_s: float = 0.02,
     timeout_s: float = 30.0,
     seed: int = 0,
 ) -> AttackResult:
-    """Recover ``len(candidates)`` secret tokens following ``template``; ``truth`` is only used for scoring."""
+    """Recover ``len(candidates)`` secret tokens following ``template``; ``truth`` is only used for scoring.
+
+    The blocker must outlast the firing of all candidates and consecutive candidate answers must be further
+    apart than the client's jitter: raise ``blocker_new_tokens`` / ``candidate_new_tokens`` on a loaded machine
+    (the server's ``max_new_tokens`` must allow them). Rounds are not repeated for a vote: the attacker's own
+    requests are cached after the first round and would tie with the victim's prompt.
+    """
     if len(candidates) != len(truth) or not candidates:
         raise ValueError("candidates must have one non-empty list per secret token (same length as truth)")
     if any(len(c) < 2 for c in candidates):

@@ -326,6 +326,11 @@ def _make_handler(engine: ServingEngine, max_body_bytes: int, request_timeout_s:
     return Handler
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # socketserver's default listen backlog of 5 drops bursts of concurrent connects
+
+
 class RunningServer:
     """An HTTP server plus engine running in background threads; ``close()`` shuts both down."""
 
@@ -333,8 +338,7 @@ class RunningServer:
         if host not in LOOPBACK:
             raise ValueError(f"host must be a loopback address {LOOPBACK}, got {host!r}")
         self.engine = engine.start()
-        self.httpd = ThreadingHTTPServer((host, port), _make_handler(engine, max_body_bytes, timeout_s))
-        self.httpd.daemon_threads = True
+        self.httpd = _HTTPServer((host, port), _make_handler(engine, max_body_bytes, timeout_s))
         self.host, self.port = host, self.httpd.server_address[1]
         self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
