@@ -30,6 +30,8 @@ def test_flops_per_decode_step_constant_for_theta_growing_for_kv_cache():
     # One layer, 2 heads of 16: the cached step attends to 8 vs 64 keys -> 4 * 56 * 32 more FLOPs.
     assert attn.length.flops[64] - attn.length.flops[8] == 4 * 56 * 32
     assert {s.name for s in theta.content.summaries} == {"constant", "periodic", "random_a", "random_b"}
+    assert set(theta.length.samples) == {"8", "64"} and theta.length.samples["8"].size == 10
+    assert "samples" not in theta.to_dict()["length"]
     text = audit.format_report(attn)
     assert "prefix reuse" in text and "ANOVA" in text
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from ttmem.security.backends import TinyLM, TinyLMBackend
-from ttmem.security.server import PrefixCache, ServingEngine, SubprocessServer, post_json, serve
+from ttmem.security.prefix_cache import PrefixCache
+from ttmem.security.server import ServingEngine, SubprocessServer, post_json, serve
 
 VOCAB = 13
 

@@ -30,7 +30,7 @@ from torch import nn
 from ttmem.security import stats
 from ttmem.security.backends import Backend, ModelBackend, build_backend
 from ttmem.security.flops import measure_flops
-from ttmem.security.server import PrefixCache
+from ttmem.security.prefix_cache import PrefixCache
 from ttmem.security.timing import Trial, content_classes, length_classes, run_trials
 
 
@@ -77,6 +77,7 @@ def _analyse(samples: dict, permutations: int, seed: int) -> ClassFamily:
         stats.mutual_information(samples, permutations=permutations, seed=seed),
         max_t,
         stats.timing_capacity(samples, permutations=min(permutations, 50), seed=seed),
+        samples={str(k): np.asarray(v) for k, v in samples.items()},
     )
 
 
