@@ -23,7 +23,7 @@ def make_inputs(rule: str | MemoryRule, batch: int = 1, time: int = 7, heads: in
         "k": k.requires_grad_(requires_grad),
         "v": torch.randn(batch, time, heads, dim, generator=gen, dtype=torch.float64).requires_grad_(requires_grad),
         "lr": rand(batch, time, heads, high=0.1),
-        "forget": rand(batch, time, heads, high=0.2),
+        "forget": rand(batch, time, heads, high=0.02),
     }
     if rule.momentum:
         inputs["momentum"] = rand(batch, time, heads)

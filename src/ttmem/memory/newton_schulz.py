@@ -20,10 +20,15 @@ QUINTIC_COEFFS = (3.4445, -4.7750, 2.0315)
 KINDS = ("cubic", "quintic")
 
 
-def newton_schulz(x: Tensor, steps: int = 5, kind: str = "cubic", eps: float = 1e-7) -> Tensor:
+def _safe_divide(x: Tensor, scale: Tensor) -> Tensor:
+    return x / torch.where(scale > 0, scale, torch.ones_like(scale))
+
+
+def newton_schulz(x: Tensor, steps: int = 5, kind: str = "cubic") -> Tensor:
     """Approximately orthogonalise the last two dims of ``x`` ([..., m, n]).
 
-    A zero matrix maps to zero (the norm is guarded by ``eps``), so an empty momentum stays empty.
+    The input is divided by its largest entry and then by its Frobenius norm (so tiny inputs do not underflow
+    when squared); a zero matrix maps to zero with no epsilon, so an empty momentum stays empty.
     """
     if x.dim() < 2:
         raise ValueError(f"newton_schulz: x must have at least 2 dims, got shape {tuple(x.shape)}")
@@ -33,7 +38,8 @@ def newton_schulz(x: Tensor, steps: int = 5, kind: str = "cubic", eps: float = 1
         raise ValueError(f"newton_schulz: kind must be one of {KINDS}, got {kind!r}")
     transposed = x.shape[-2] > x.shape[-1]
     y = x.mT if transposed else x
-    y = y / (torch.linalg.matrix_norm(y, keepdim=True) + eps)
+    y = _safe_divide(y, y.detach().abs().amax(dim=(-2, -1), keepdim=True))
+    y = _safe_divide(y, torch.linalg.matrix_norm(y, keepdim=True))
     for _ in range(steps):
         gram = y @ y.mT
         if kind == "cubic":

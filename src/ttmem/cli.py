@@ -1,0 +1,218 @@
+"""The `ttmem` command: train, eval, generate, bench, info. Only parses arguments and calls the library.
+
+User errors (bad names, paths, config keys, checkpoints, a diverged run) print one line and exit 2;
+set TTMEM_DEBUG=1 to see the traceback. A run stopped by SIGINT / SIGTERM exits 128 + signal number
+after writing its checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+USAGE_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ttmem", description="Test-time memory models: train, evaluate, use."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser(
+        "train", help="train a model (no arguments: Titans MAC vs sliding-window baseline)"
+    )
+    train.add_argument("settings", nargs="*", help="key=value overrides of the training config")
+    train.add_argument("--config", help="YAML or TOML config file")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
+    train.add_argument("--resume-from", default="", metavar="CHECKPOINT", help="continue from CHECKPOINT")
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ev = sub.add_parser("eval", help="evaluate checkpoints / run folders on the same data")
+    ev.add_argument("checkpoints", nargs="+")
+    ev.add_argument("--data", default="stdlib", help="corpus for bits per byte ('' to skip)")
+    ev.add_argument("--seq-len", type=int, default=None)
+    ev.add_argument("--eval-tokens", type=int, default=65536)
+    ev.add_argument("--needle", default="", metavar="LENGTHS", help="comma-separated needle lengths")
+    ev.add_argument("--depths", type=int, default=10)
+    ev.add_argument("--samples", type=int, default=4)
+    ev.add_argument("--mqar-pairs", type=int, default=0)
+    ev.add_argument("--compare", action="store_true", help="print one table (implied by several checkpoints)")
+    ev.add_argument("--heatmap", default="", help="PNG path for the needle heatmap (first model)")
+    ev.add_argument("--json", dest="json_out", default="", help="write the metrics as JSON here")
+
+    gen = sub.add_parser("generate", help="sample text from a trained model")
+    gen.add_argument("checkpoint")
+    gen.add_argument("--prompt", default="def ")
+    gen.add_argument("--max-new-tokens", type=int, default=200)
+    gen.add_argument("--temperature", type=float, default=0.8)
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--seed", type=int, default=0)
+
+    bench = sub.add_parser("bench", help="training and inference throughput of a model")
+    bench.add_argument("--model", default="mac-tiny", help="preset name or FILE.py:FACTORY")
+    bench.add_argument("--batch-size", type=int, default=8)
+    bench.add_argument("--seq-len", type=int, default=256)
+    bench.add_argument("--iters", type=int, default=5)
+    bench.add_argument("--device", default="auto")
+
+    sub.add_parser("info", help="versions, devices, available presets, rules, optimizers, datasets")
+    return parser
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from ttmem.train import resolve_config
+    from ttmem.train.distributed import shutdown_distributed
+    from ttmem.train.report import run_main_job
+
+    config = resolve_config(args.config, [*args.overrides, *args.settings])
+    try:
+        out = run_main_job(config, resume=args.resume_from or args.resume, progress=not args.no_progress)
+    finally:
+        shutdown_distributed()
+    stopped = next(
+        (r for r in (out.get("main"), out.get("baseline")) if r is not None and r.interrupted), None
+    )
+    if stopped is not None:
+        print(
+            f"stopped by {stopped.interrupted} after step {stopped.step}; checkpoint: {stopped.checkpoint}; "
+            "continue with the same command plus --resume",
+            file=sys.stderr,
+        )
+        signum = getattr(signal, str(stopped.interrupted), None)
+        return 128 + int(signum) if signum is not None else 1
+    main = out["main"]
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    print(f"trained {config.model}: {main.step} steps, final loss {main.last_loss:.4f}")
+    print(f"checkpoint: {main.checkpoint}")
+    if "report" in out:
+        print(out["report"]["table"])
+        print(f"report: {out['report']['report']}")
+    elif main.validation:
+        print(f"validation bits per byte: {main.validation['bpb']:.4f}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from ttmem.eval.recall import save_heatmap
+    from ttmem.train.pipeline import compare, format_table, report_depths
+
+    try:
+        lengths = [int(x) for x in args.needle.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"--needle expects comma-separated integers, got '{args.needle}'") from None
+    rows = compare(
+        args.checkpoints,
+        data=args.data,
+        seq_len=args.seq_len,
+        needle_lengths=lengths or None,
+        eval_tokens=args.eval_tokens,
+        depths=args.depths,
+        samples=args.samples,
+        mqar_pairs=args.mqar_pairs,
+        progress=True,
+    )
+    print(format_table(rows))
+    if args.heatmap and lengths:
+        path = save_heatmap(rows[0]["needle_grid"], lengths, report_depths(args.depths), args.heatmap)
+        print(f"heatmap: {path}")
+    if args.json_out:
+        clean = [{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in r.items()} for r in rows]
+        Path(args.json_out).write_text(json.dumps(clean, indent=2))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    import torch
+
+    from ttmem.data import get_tokenizer
+    from ttmem.eval.generation import sample
+    from ttmem.train.pipeline import load_trained
+
+    model, payload = load_trained(args.checkpoint)
+    tokenizer = get_tokenizer(payload.get("train_config", {}).get("tokenizer", "bytes"))
+    prompt = torch.as_tensor(tokenizer.encode(args.prompt), dtype=torch.long)[None]
+    if prompt.shape[1] == 0:
+        raise ValueError("--prompt must not be empty")
+    ids = sample(model, prompt, args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
+    print(tokenizer.decode(ids[0].tolist()))
+    return 0
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from ttmem.eval.speed import measure_throughput
+    from ttmem.train.distributed import DistEnv, pick_device
+    from ttmem.train.modelspec import build_from_spec
+
+    model, _ = build_from_spec(args.model, {}, 256)
+    model = model.to(pick_device(args.device, DistEnv()))
+    stats = measure_throughput(model, args.batch_size, args.seq_len, args.iters)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"{args.model}: {params} parameters, batch {args.batch_size} x {args.seq_len}")
+    for key, value in stats.items():
+        print(f"  {key}: {value:,.1f}")
+    return 0
+
+
+def _cmd_info(_: argparse.Namespace) -> int:
+    import importlib
+
+    import torch
+
+    import ttmem
+    from ttmem.data import TASKS
+    from ttmem.train.optim import TORCH_OPTIMIZERS, _optim_registry
+
+    print(f"ttmem {ttmem.__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
+    cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    print(
+        f"devices: cpu ({torch.get_num_threads()} threads)"
+        + "".join(f", cuda:{i} {n}" for i, n in enumerate(cuda))
+    )
+    for label, module, attr in (
+        ("model presets", "ttmem.models", "MODEL_PRESETS"),
+        ("memory rules", "ttmem.memory", "RULES"),
+    ):
+        try:
+            names = sorted(getattr(importlib.import_module(module), attr))
+            print(f"{label}: {', '.join(names)}")
+        except (ImportError, AttributeError) as err:
+            print(f"{label}: unavailable ({err})")
+    print(f"optimizers: {', '.join([*TORCH_OPTIMIZERS, *_optim_registry()])}")
+    print("datasets: stdlib (embedded), enwik8, hf:NAME[:CONFIG], a text file or folder")
+    print(f"synthetic tasks: {', '.join(TASKS)}")
+    return 0
+
+
+COMMANDS = {
+    "train": _cmd_train,
+    "eval": _cmd_eval,
+    "generate": _cmd_generate,
+    "bench": _cmd_bench,
+    "info": _cmd_info,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ttmem` console script; returns the exit status."""
+    args = _parser().parse_args(argv)
+    from ttmem.data import DataUnavailableError
+    from ttmem.train import TrainingDiverged
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, TypeError, FileNotFoundError, DataUnavailableError, TrainingDiverged) as err:
+        if os.environ.get("TTMEM_DEBUG"):
+            raise
+        print(f"ttmem {args.command}: error: {err}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print(f"ttmem {args.command}: interrupted", file=sys.stderr)
+        return 128 + signal.SIGINT

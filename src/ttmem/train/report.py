@@ -1,0 +1,189 @@
+"""The main job: train a memory model, train or reuse a same-size baseline, compare, write a report.
+
+Design: the baseline is an ordinary run in `OUT/baseline` with the same data, steps, seed and size as the
+main run but the baseline's preset; a finished baseline with the same resolved config is reused, a
+partial one is resumed. Both models are evaluated on the same validation windows (bits per byte)
+and the same needle examples at 1x, 2x and 4x the training length; the report is `report.md` with
+PNG plots next to it, and `summary.json` with the numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ttmem.data import get_tokenizer, needle_example
+from ttmem.eval.recall import save_heatmap
+from ttmem.train.checkpoint import list_checkpoints, load_checkpoint
+from ttmem.train.config import TrainConfig
+from ttmem.train.logs import read_log
+from ttmem.train.pipeline import evaluate_model, format_table, load_trained, report_depths
+from ttmem.train.trainer import Trainer, TrainResult
+
+
+def run_label(spec: str) -> str:
+    """Short display name of a model spec (a preset name, or FILE.py:FACTORY without the folders)."""
+    return Path(spec).name if ":" in spec else spec
+
+
+def _file_name(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", label)
+
+
+def baseline_config(config: TrainConfig) -> TrainConfig:
+    """The baseline's run: same data, steps and seed; the size overrides (`model_args`) carry over
+    when both models are presets (one ModelConfig type), so the two stay the same size."""
+    both_presets = ":" not in config.model and ":" not in config.baseline
+    return dataclasses.replace(
+        config,
+        model=config.baseline,
+        model_args=dict(config.model_args) if both_presets else {},
+        baseline="none",
+        report=False,
+        out_dir=str(Path(config.out_dir) / "baseline"),
+    )
+
+
+def _train_baseline(config: TrainConfig, progress: bool) -> TrainResult:
+    found = list_checkpoints(Path(config.out_dir) / "checkpoints")
+    if found:
+        stored = load_checkpoint(found[-1][1]).get("train_config")
+        if stored != config.to_dict():
+            raise ValueError(
+                f"{config.out_dir} holds a baseline trained with another config; delete it or choose another out_dir"
+            )
+    return Trainer(config, progress=progress).fit(resume=bool(found))
+
+
+def _plots(
+    out_dir: Path,
+    results: dict[str, dict[str, Any]],
+    lengths: list[int],
+    depths: np.ndarray,
+    logs: dict[str, Path],
+) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    for name, metrics in results.items():
+        path = out_dir / f"needle_{_file_name(name)}.png"
+        save_heatmap(metrics["needle_grid"], lengths, depths, path, title=f"needle recall: {name}")
+        files.append(path.name)
+    fig, (ax_loss, ax_recall) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, log_path in logs.items():
+        records = [r for r in read_log(log_path) if "loss" in r]
+        ax_loss.plot([r["step"] for r in records], [r["loss"] for r in records], label=name)
+    ax_loss.set(xlabel="step", ylabel="training loss (nats / token)", title="training loss")
+    ax_loss.legend()
+    for name, metrics in results.items():
+        ax_recall.plot(lengths, [metrics[f"needle@{n}"] for n in lengths], marker="o", label=name)
+    ax_recall.set(
+        xlabel="context length (tokens)",
+        ylabel="needle accuracy",
+        title="needle recall vs length",
+        ylim=(-0.05, 1.05),
+        xscale="log",
+        xticks=lengths,
+    )
+    ax_recall.set_xticklabels([str(n) for n in lengths])
+    ax_recall.legend()
+    fig.tight_layout()
+    fig.savefig(out_dir / "comparison.png", dpi=100)
+    plt.close(fig)
+    return ["comparison.png", *files]
+
+
+def write_report(config: TrainConfig, runs: dict[str, TrainResult], progress: bool = False) -> dict[str, Any]:
+    """Evaluate every run the same way and write report.md, PNGs and summary.json into out_dir."""
+    out_dir = Path(config.out_dir)
+    lengths = [config.seq_len, 2 * config.seq_len, 4 * config.seq_len]
+    depths = report_depths(config.eval_depths)
+    corpus = next(iter(runs.values())).corpus
+    results = {}
+    for name, run in runs.items():
+        # FSDP leaves each process a shard of the weights: evaluate the full weights of the checkpoint.
+        sharded = config.distributed == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+        model = load_trained(run.checkpoint)[0] if sharded else run.model
+        results[name] = evaluate_model(
+            model,
+            corpus,
+            config.seq_len,
+            eval_tokens=config.eval_tokens,
+            needle_lengths=lengths,
+            depths=config.eval_depths,
+            samples=config.eval_samples,
+            tokenizer=config.tokenizer,
+            seed=config.seed,
+            progress=progress,
+        )
+        results[name]["params"] = sum(p.numel() for p in run.model.parameters())
+        results[name]["steps"] = run.step
+    plots = _plots(out_dir, results, lengths, depths, {n: r.out_dir / "log.jsonl" for n, r in runs.items()})
+    rows = [
+        {
+            "model": name,
+            "params": m["params"],
+            "steps": m["steps"],
+            "val_bpb": m["val_bpb"],
+            **{f"needle@{n} ({n // config.seq_len}x)": m[f"needle@{n}"] for n in lengths},
+        }
+        for name, m in results.items()
+    ]
+    lines = [
+        "# ttmem run report",
+        "",
+        f"Data: `{config.data}` ({config.tokenizer} tokens), training length {config.seq_len}, "
+        f"{config.steps} steps of {config.batch_size} sequences, seed {config.seed}; "
+        f"`{config.aux_task or 'no'}` task share {config.aux_fraction:g}.",
+        "",
+        f"Validation bits per byte on the first {config.eval_tokens} validation tokens (lower is better); "
+        "needle accuracy = share of examples whose 7-digit answer is predicted exactly, "
+        f"{len(depths)} depths x {config.eval_samples} examples per length.",
+        "",
+        format_table(rows, markdown=True),
+        "",
+        *[f"![{p}]({p})" for p in plots],
+        "",
+        "Reproduce: `ttmem train` with the resolved config in `config.yaml`.",
+        "",
+    ]
+    (out_dir / "report.md").write_text("\n".join(lines))
+    summary = {name: {k: v for k, v in m.items() if not isinstance(v, np.ndarray)} for name, m in results.items()}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return {"rows": rows, "report": str(out_dir / "report.md"), "plots": plots, "table": format_table(rows)}
+
+
+def run_main_job(config: TrainConfig, resume: bool | str = False, progress: bool = True) -> dict[str, Any]:
+    """Train `config.model`, then the baseline (if any), then write the comparison report."""
+    if config.report:  # fail before training, not after it
+        try:
+            needle_example(np.random.default_rng(0), config.seq_len, 0.5, get_tokenizer(config.tokenizer))
+        except ValueError as err:
+            raise ValueError(
+                f"the report's needle evaluation cannot run: {err}; raise seq_len or set report=false"
+            ) from None
+    main = Trainer(config, progress=progress)
+    result = main.fit(resume)
+    out: dict[str, Any] = {"main": result}
+    if result.interrupted:
+        return out
+    runs = {run_label(config.model): result}
+    if config.baseline not in ("", "none"):
+        base = _train_baseline(baseline_config(config), progress)
+        out["baseline"] = base
+        if base.interrupted:
+            return out
+        label = run_label(config.baseline)
+        runs[label if label not in runs else f"{label} (baseline)"] = base
+    if config.report and main.env.is_main:
+        out["report"] = write_report(config, runs, progress)
+    return out

@@ -1,0 +1,383 @@
+"""The training loop: AdamW + warm-up/cosine, clipping, accumulation, bf16 autocast, DDP / FSDP,
+atomic checkpoints, exact resume, graceful stop on SIGINT / SIGTERM, and a hard stop on NaN.
+
+Design choices:
+- Exact resume. Batches are a pure function of (seed, step, row) and the torch RNG is re-seeded
+  from (seed, step, rank) at every step, so a run resumed from the checkpoint of step s replays
+  steps s+1... exactly as the uninterrupted run; RNG states are also saved and restored.
+- One global batch. Each process builds only its rows of the step's global batch and every
+  micro-batch's summed loss is divided by the step's global number of target tokens (times the
+  world size, which DDP's gradient averaging divides out), so N processes compute the same
+  gradient as one process with the same `batch_size`.
+- Stopping. A signal only sets a flag; after every step the flags are summed over processes so
+  every process stops after the same step, then rank 0 writes a checkpoint. A non-finite loss or
+  gradient stops before the optimizer step: no bad weights are ever saved, and no existing
+  checkpoint is removed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from ttmem.data import Corpus, CorpusWindows, MixedRows, SyntheticTask, TaskRows, get_tokenizer, load_corpus
+from ttmem.data.batches import RowSource, make_batch
+from ttmem.eval.metrics import lm_nll_sums, logits_of, summarize_nll, token_nll_sum
+from ttmem.train import checkpoint as ckpt
+from ttmem.train.config import TrainConfig, validate
+from ttmem.train.distributed import (
+    DistEnv,
+    all_reduce_sum,
+    init_distributed,
+    pick_device,
+    unwrap,
+    wrap_model,
+)
+from ttmem.train.logs import RunLogger, truncate_log
+from ttmem.train.modelspec import build_from_spec
+from ttmem.train.optim import build_optimizer, warmup_cosine
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or the gradient became NaN / infinite."""
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    step: int  # optimizer steps completed
+    model: nn.Module  # the trained module (unwrapped), on its device
+    model_record: dict[str, Any]
+    corpus: Corpus
+    checkpoint: Path | None  # newest checkpoint written
+    interrupted: str | None = None  # signal name if stopped by a signal
+    last_loss: float = float("nan")
+    validation: dict[str, float] = field(default_factory=dict)
+
+
+def build_source(config: TrainConfig, corpus: Corpus) -> RowSource:
+    """Training rows: corpus windows, mixed with the synthetic `aux_task` when asked."""
+    source: RowSource = CorpusWindows(corpus.train, config.seq_len, config.seed)
+    if config.aux_task and config.aux_fraction > 0:
+        task = SyntheticTask(config.aux_task, config.seq_len, corpus.vocab_size, get_tokenizer(config.tokenizer))
+        source = MixedRows(source, TaskRows(task, config.seed), config.aux_fraction, config.seed)
+    return source
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, 3, step, rank]).generate_state(1)[0])
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": list(random.getstate()[1]),
+        "numpy": np.random.get_state()[1].tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", np.asarray(state["numpy"], dtype=np.uint32), 624, 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Trains `config.model` (or the given module) on `config.data`; see the module docstring."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: nn.Module | None = None,
+        corpus: Corpus | None = None,
+        progress: bool = False,
+        on_step: Callable[[Trainer, dict], None] | None = None,
+    ) -> None:
+        validate(config)
+        self.config, self.progress, self.on_step = config, progress, on_step
+        self.out_dir = Path(config.out_dir)
+        self._stop_reason: str | None = None
+        self.device = pick_device(config.device, DistEnv())
+        self.env = init_distributed(self.device.type)
+        self.device = pick_device(config.device, self.env)
+        per_rank = config.batch_size // self.env.world
+        if config.batch_size % (self.env.world * config.grad_accum):
+            raise ValueError(
+                f"batch_size={config.batch_size} must be divisible by processes x grad_accum = "
+                f"{self.env.world} x {config.grad_accum}"
+            )
+        self.rows = range(self.env.rank * per_rank, (self.env.rank + 1) * per_rank)
+        self.corpus = corpus or load_corpus(
+            config.data,
+            config.tokenizer,
+            val_fraction=config.val_fraction,
+            max_bytes=config.max_bytes or None,
+        )
+        self.source = build_source(config, self.corpus)
+        torch.manual_seed(config.seed)  # the same initial weights on every process
+        if model is None:
+            model, self.model_record = build_from_spec(config.model, config.model_args, self.corpus.vocab_size)
+        else:
+            self.model_record = {"spec": f"<{type(model).__name__} instance>", "args": {}}
+        self.module = model.to(self.device)
+        self.model = wrap_model(
+            torch.compile(self.module) if config.compile else self.module,
+            self.env,
+            config.distributed,
+            self.device,
+        )
+        betas = (float(config.betas[0]), float(config.betas[1]))
+        self.optimizer = build_optimizer(config.optimizer, self.model, config.lr, config.weight_decay, betas)
+        factor = warmup_cosine(config.warmup_steps, config.steps, config.min_lr_ratio)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+        self.autocast_dtype = self._autocast_dtype()
+        self.step = 0
+
+    # -- setup helpers -------------------------------------------------------------------------
+    def _autocast_dtype(self) -> torch.dtype | None:
+        precision = self.config.precision
+        if precision == "auto":
+            cuda_bf16 = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+            return torch.bfloat16 if cuda_bf16 else None
+        return torch.bfloat16 if precision == "bf16" else None
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    def request_stop(self, reason: str) -> None:
+        """Finish the current step, write a checkpoint, and return from `fit`."""
+        self._stop_reason = reason
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def save(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0; every process takes part in gathering)."""
+        full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(self.model, options=full)
+        optim_state = get_optimizer_state_dict(self.model, self.optimizer, options=full)
+        if not self.env.is_main:
+            return None
+        payload = {
+            "step": self.step,
+            "model": model_state,
+            "optimizer": optim_state,
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_state(),
+            "model_record": self.model_record,
+            "train_config": self.config.to_dict(),
+            "world_size": self.env.world,
+        }
+        path = ckpt.save_checkpoint(ckpt.checkpoint_path(self.checkpoint_dir, self.step), payload)
+        ckpt.prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
+        return path
+
+    def _resume(self, resume: bool | str | Path) -> Path | None:
+        path = ckpt.latest_checkpoint(self.checkpoint_dir) if resume is True else Path(resume)
+        if path is None:
+            return None
+        payload = ckpt.load_checkpoint(path)
+        record = payload.get("model_record", {})
+        if record.get("spec") != self.model_record["spec"] or record.get("args") != self.model_record["args"]:
+            raise ValueError(
+                f"checkpoint {path} was written for model {record.get('spec')} "
+                f"{record.get('args')}, but this run builds {self.model_record['spec']} "
+                f"{self.model_record['args']}"
+            )
+        full = StateDictOptions(full_state_dict=True)
+        try:
+            set_model_state_dict(self.model, payload["model"], options=full)
+        except (RuntimeError, KeyError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise ValueError(f"checkpoint {path} does not match the model's weights: {first}") from err
+        try:
+            set_optimizer_state_dict(self.model, self.optimizer, payload["optimizer"], options=full)
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise ValueError(
+                f"checkpoint {path} holds optimizer state that does not fit optimizer '{self.config.optimizer}': {err}"
+            ) from err
+        self.scheduler.load_state_dict(payload["scheduler"])
+        _set_rng_state(payload["rng"])
+        self.step = int(payload["step"])
+        return path
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _train_step(self) -> tuple[float, float]:
+        """One optimizer step; returns (global mean loss over all processes, grad norm)."""
+        cfg = self.config
+        torch.manual_seed(_step_seed(cfg.seed, self.step, self.env.rank))
+        micro = len(self.rows) // cfg.grad_accum
+        batches = [
+            make_batch(self.source, self.step, self.rows[i * micro : (i + 1) * micro]).to(self.device)
+            for i in range(cfg.grad_accum)
+        ]
+        local_count = torch.tensor([float(sum(b.num_targets for b in batches))], dtype=torch.float64)
+        global_count = float(all_reduce_sum(local_count.to(self.device), self.env).item())
+        scale = self.env.world / max(global_count, 1.0)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.model.train()
+        for i, batch in enumerate(batches):
+            sync = i == len(batches) - 1 or not hasattr(self.model, "no_sync")
+            with contextlib.nullcontext() if sync else self.model.no_sync(), self._autocast():
+                nll = token_nll_sum(logits_of(self.model(batch.input_ids)), batch.targets)
+            (nll * scale).backward()
+            loss_sum += nll.detach().double()
+        loss = float(all_reduce_sum(loss_sum, self.env)) / max(global_count, 1.0)
+        norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            latest = ckpt.latest_checkpoint(self.checkpoint_dir)
+            kept = f"last checkpoint kept: {latest}" if latest else "no checkpoint had been written yet"
+            raise TrainingDiverged(
+                f"training diverged at step {self.step + 1}: loss={loss}, grad_norm={grad_norm};"
+                f" stopped before updating the weights ({kept}); lower lr or check the data"
+            )
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.step += 1
+        return loss, grad_norm
+
+    def _stop_agreed(self) -> bool:
+        """Whether any process was asked to stop (the same answer on every process)."""
+        flag = torch.tensor([float(self._stop_reason is not None)], dtype=torch.float64, device=self.device)
+        return bool(all_reduce_sum(flag, self.env)[0] > 0)
+
+    def validate(self) -> dict[str, float]:
+        """Validation loss / bpb on the first `eval_tokens` tokens of the validation split."""
+        shard = (self.env.rank, self.env.world) if self.config.distributed == "ddp" else (0, 1)
+        model = unwrap(self.model) if shard[1] > 1 or not self.env.enabled else self.model
+        with self._autocast():
+            nll, count = lm_nll_sums(
+                model, self.corpus.validation, self.config.seq_len, 8, self.config.eval_tokens, *shard
+            )
+        sums = (
+            all_reduce_sum(torch.tensor([nll, count], dtype=torch.float64, device=self.device), self.env)
+            if shard[1] > 1
+            else torch.tensor([nll, count], dtype=torch.float64)
+        )
+        return summarize_nll(float(sums[0]), int(sums[1]), self.corpus.bytes_per_token)
+
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda signum, _frame: self.request_stop(signal.Signals(signum).name))
+        return previous
+
+    def fit(self, resume: bool | str | Path = False) -> TrainResult:
+        """Train to `config.steps`, resuming from the latest (True) or a given checkpoint."""
+        cfg, main = self.config, self.env.is_main
+        if not resume and ckpt.list_checkpoints(self.checkpoint_dir):
+            raise ValueError(
+                f"{self.checkpoint_dir} already holds checkpoints; pass --resume to continue that run "
+                "or choose another out_dir"
+            )
+        resumed_from = self._resume(resume) if resume else None
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            cfg.save(self.out_dir / "config.yaml")
+            truncate_log(self.out_dir / "log.jsonl", self.step) if resumed_from else (
+                self.out_dir / "log.jsonl"
+            ).unlink(missing_ok=True)
+        logger = RunLogger(self.out_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb) if main else None
+        if logger:
+            logger.log(
+                {
+                    "event": "resume" if resumed_from else "start",
+                    "step": self.step,
+                    "checkpoint": str(resumed_from) if resumed_from else None,
+                    "world_size": self.env.world,
+                    "device": str(self.device),
+                    "model": self.model_record["spec"],
+                    "parameters": sum(p.numel() for p in self.module.parameters()),
+                }
+            )
+        previous = self._install_signal_handlers()
+        result = TrainResult(
+            self.out_dir,
+            self.step,
+            self.module,
+            self.model_record,
+            self.corpus,
+            ckpt.latest_checkpoint(self.checkpoint_dir),
+        )
+        bar = None
+        if self.progress and main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.model_record['spec']}", unit="step")
+        tokens_per_step = cfg.batch_size * cfg.seq_len
+        start, start_step = time.perf_counter(), self.step
+        try:
+            while self.step < cfg.steps:
+                lr = self.optimizer.param_groups[0]["lr"]
+                loss, grad_norm = self._train_step()
+                result.last_loss = loss
+                record = {
+                    "step": self.step,
+                    "loss": loss,
+                    "lr": lr,
+                    "grad_norm": grad_norm,
+                    "tokens": self.step * tokens_per_step,
+                }
+                elapsed = time.perf_counter() - start
+                record["tokens_per_s"] = (self.step - start_step) * tokens_per_step / max(elapsed, 1e-9)
+                if logger and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
+                    logger.log(record)
+                if bar:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.3f}")
+                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                    result.validation = self.validate()
+                    if logger:
+                        logger.log({"step": self.step, **{f"val_{k}": v for k, v in result.validation.items()}})
+                if self.on_step:
+                    self.on_step(self, record)
+                stop = self._stop_agreed()
+                if stop or self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                    result.checkpoint = self.save() or result.checkpoint
+                    if logger:
+                        logger.log({"event": "checkpoint", "step": self.step, "path": str(result.checkpoint)})
+                if stop:
+                    result.interrupted = self._stop_reason or "stop requested by another process"
+                    break
+        finally:
+            if bar:
+                bar.close()
+            if logger:
+                logger.close()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        result.step = self.step
+        return result

@@ -1,0 +1,63 @@
+"""PROMPTPEEK-style attack end to end on a tiny model with a 16-token vocabulary."""
+
+import random
+import sys
+
+import pytest
+import torch
+
+from ttmem.security.attack import promptpeek, summarize_attacks
+from ttmem.security.backends import TinyLM, TinyLMBackend
+from ttmem.security.server import ServingEngine, post_json, serve
+
+VOCAB = 16
+
+
+@pytest.fixture(autouse=True)
+def responsive_threads():
+    # Client and server share one interpreter here: switch threads often so answers leave in order.
+    old_interval, old_threads = sys.getswitchinterval(), torch.get_num_threads()
+    sys.setswitchinterval(1e-4)
+    torch.set_num_threads(1)
+    yield
+    sys.setswitchinterval(old_interval)
+    torch.set_num_threads(old_threads)
+
+
+def _attack(mixer: str, mode: str, victims: int = 3, secret_len: int = 4):
+    backend = TinyLMBackend(TinyLM(vocab_size=VOCAB, dim=32, depth=2, heads=4, mixer=mixer))
+    rng = random.Random(0)
+    results = []
+    with serve(ServingEngine(backend, mode=mode, max_new_tokens=256)) as srv:
+        for v in range(victims):
+            template = [rng.randrange(VOCAB) for _ in range(10)]
+            secret = [rng.randrange(VOCAB) for _ in range(secret_len)]
+            candidates = []
+            for s in secret:
+                c = rng.sample([t for t in range(VOCAB) if t != s], 3) + [s]
+                rng.shuffle(c)
+                candidates.append(c)
+            victim = {"user": "victim", "prompt": template + secret + [1, 2], "max_new_tokens": 1}
+            assert post_json(srv.host, srv.port, "/generate", victim)[0] == 200
+            results.append(promptpeek(srv.host, srv.port, template, candidates, secret, VOCAB, seed=v))
+    return summarize_attacks(results, 4), results
+
+
+def test_attack_recovers_secret_from_shared_prefix_cache():
+    summary, results = _attack("attention", "shared")
+    assert summary.tokens == 12 and summary.requests_per_token == 5.0
+    assert summary.accuracy_order >= 10 / 12
+    assert summary.ci_order[0] > summary.chance
+
+
+def test_attack_is_at_chance_against_isolated_theta_memory():
+    summary, _ = _attack("theta", "isolated")
+    # P(>= 9 of 12 right | chance 1/4) < 0.001
+    assert summary.accuracy_order <= 8 / 12
+
+
+def test_attack_argument_checks():
+    with pytest.raises(ValueError, match="candidates"):
+        promptpeek("127.0.0.1", 1, [1], [[1, 2]], [1, 2], VOCAB)
+    with pytest.raises(ValueError, match="two tokens"):
+        promptpeek("127.0.0.1", 1, [1], [[1]], [1], VOCAB)
