@@ -8,15 +8,6 @@ import torch
 from ttmem.layers.attention import Attention, RotaryEmbedding
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread; OpenMP hand-offs dominate otherwise (and stall on a busy CPU)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def _rotate_complex(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
     """Rotary phase as complex multiplication of (x_i, x_{i+d/2}) pairs: x [B, H, T, d]."""
     half = x.shape[-1] // 2

@@ -18,12 +18,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = str(ROOT / "tests" / "test_train_models.py")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

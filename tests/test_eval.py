@@ -17,14 +17,6 @@ from ttmem.eval.recall import answer_accuracy, mqar_accuracy, needle_grid, save_
 from ttmem.eval.speed import measure_throughput
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class Unigram(nn.Module):
     """Same logits at every position."""
 

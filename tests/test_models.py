@@ -6,15 +6,6 @@ import torch.nn.functional as F
 
 from ttmem.models import ARCHITECTURES, ModelConfig, build_model, load_model, save_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread; OpenMP hand-offs dominate otherwise (and stall on a busy CPU)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 # Small enough that the whole file runs in seconds; lengths chosen so prompts end mid-chunk
 # (chunk 4), mid-segment (segment 8) and past the window (8).
 SMALL = dict(dim=32, depth=2, heads=2, window=8, segment_len=8, chunk_size=4, persistent_tokens=2,

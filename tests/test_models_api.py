@@ -22,15 +22,6 @@ from ttmem.models.presets import SIZE_TARGETS
 from ttmem.models.sampling import filter_logits, sample_next_token
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread; OpenMP hand-offs dominate otherwise (and stall on a busy CPU)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def small(arch="transformer", **overrides):
     torch.manual_seed(0)
     fields = dict(dim=32, depth=2, heads=2, window=8, mlp_ratio=2.0)

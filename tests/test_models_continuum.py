@@ -7,15 +7,6 @@ import torch.nn.functional as F
 from ttmem.layers.continuum import ContinuumLevel, mlp_regression_gradients
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread; OpenMP hand-offs dominate otherwise (and stall on a busy CPU)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def reference_level(level: ContinuumLevel, x: torch.Tensor) -> torch.Tensor:
     """One token at a time: read span-start weights; gradient of each token's loss by autograd."""
     batch, length, _ = x.shape

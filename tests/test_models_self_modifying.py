@@ -8,15 +8,6 @@ from ttmem.layers.self_modifying import SelfModifyingMemory
 from ttmem.memory import initial_state, memorize
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread; OpenMP hand-offs dominate otherwise (and stall on a busy CPU)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def reference_layer(layer: SelfModifyingMemory, x: torch.Tensor) -> torch.Tensor:
     """Token loop: projections read chunk-start weights; each token's delta-GD change
     W(I - r u u^T) - r (W u - W v) u^T - W, summed over the chunk and applied at its end.

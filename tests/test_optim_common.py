@@ -32,13 +32,6 @@ OPTIMIZERS = {
 NAMES = list(OPTIMIZERS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tensors here are tiny: intra-op threads only add overhead (and contention on a busy machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class TinyNet(nn.Module):

@@ -10,14 +10,6 @@ from torch import nn
 from ttmem.optim import EWC, estimate_fisher
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def mse_batch_loss(model, batch):
     x, y = batch
     return F.mse_loss(model(x), y)

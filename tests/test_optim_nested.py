@@ -10,14 +10,6 @@ from torch import nn
 from ttmem.optim import NestedDeepMomentumGD
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def make_problem(seed=0):
     gen = torch.Generator().manual_seed(seed)
     model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 1)).double()

@@ -8,13 +8,6 @@ from ttmem.optim.newton_schulz import SINGULAR_VALUE_BAND, newton_schulz, singul
 LOW, HIGH = SINGULAR_VALUE_BAND
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small matrices: intra-op threads only add overhead."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def svd_reference(x: torch.Tensor, steps: int) -> torch.Tensor:

@@ -15,14 +15,6 @@ from ttmem.optim.deep_momentum import MEMORY_KEYS
 from ttmem.optim.newton_schulz import singular_value_map
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def gradient_stream(shapes, steps, seed=0):
     """A fixed sequence of gradients (lists of tensors, one per shape), float64."""
     gen = torch.Generator().manual_seed(seed)

@@ -4,18 +4,9 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from ttmem.security import audit
 from ttmem.security.backends import TinyLM, TinyLMBackend
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _backend(mixer):
