@@ -1,0 +1,173 @@
+"""The neural memory layer: projections and gates around the ``memorize`` engine.
+
+x -> q, k, v (one projection, optional short causal depthwise conv + SiLU, ℓ2-normalised q and k, per head)
+  -> gates from learned projections of x: step size θ, momentum η, forget α (and a Huber threshold δ for
+     rules that use one), per token by default, held per chunk or fixed per head optionally
+  -> memorize(...) with learned initial memory weights per head
+  -> RMS norm per head, SiLU output gate, head merge.
+
+Design choices: the initial memory weights are ordinary parameters, one per memory layer, shaped [heads, out, in]
+(no views into a shared buffer), so optimiser steps and ``load_state_dict`` work unchanged. The conv keeps its
+last ``kernel − 1`` inputs in the state, and ``memorize`` continues partial chunks, so running a sequence whole, in
+pieces, or token by token gives the same outputs and state.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..memory import MemoryRule, MemoryState, get_rule, initial_state, memorize
+
+GATE_MODES = ("token", "chunk", "fixed")
+
+
+@dataclass
+class NeuralMemoryState:
+    memory: MemoryState
+    conv: Tensor | None = None       # last kernel−1 projected inputs [B, channels, kernel−1]
+    held_gates: Tensor | None = None  # gates of the chunk in progress [B, 1, heads, n_gates] ("chunk" mode)
+
+    def detach(self) -> NeuralMemoryState:
+        return NeuralMemoryState(self.memory.detach(), None if self.conv is None else self.conv.detach(),
+                                 None if self.held_gates is None else self.held_gates.detach())
+
+
+class NeuralMemory(nn.Module):
+    """Test-time-learning memory layer. Input and output [batch, time, dim]."""
+
+    def __init__(self, dim: int, heads: int = 1, chunk_size: int = 64, rule: str | MemoryRule = "titans",
+                 dim_head: int | None = None, conv_kernel: int = 4, gate_mode: str = "token",
+                 max_lr: float = 1.0):
+        super().__init__()
+        if dim < 1 or heads < 1:
+            raise ValueError(f"dim and heads must be >= 1, got dim={dim}, heads={heads}")
+        if gate_mode not in GATE_MODES:
+            raise ValueError(f"gate_mode must be one of {GATE_MODES}, got {gate_mode!r}")
+        if not 0 < max_lr <= 1:
+            raise ValueError(f"max_lr must be in (0, 1], got {max_lr}")
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        self.rule = get_rule(rule)
+        self.dim, self.heads, self.chunk_size = dim, heads, chunk_size
+        self.dim_head = dim_head or dim // heads
+        if self.dim_head < 1:
+            raise ValueError(f"dim_head must be >= 1, got {self.dim_head}")
+        self.gate_mode, self.max_lr, self.conv_kernel = gate_mode, max_lr, conv_kernel
+        inner = heads * self.dim_head
+        self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.conv = nn.Conv1d(3 * inner, 3 * inner, conv_kernel, groups=3 * inner) if conv_kernel > 1 else None
+
+        # Gate order: lr, [momentum], [forget], [threshold]; biases start at a gentle regime.
+        biases = [-2.0]
+        if self.rule.momentum:
+            biases.append(2.0)
+        if self.rule.forgetting:
+            biases.append(-4.0)
+        if self.rule.objective.uses_threshold:
+            biases.append(0.5)
+        self.n_gates = len(biases)
+        bias = torch.tensor(biases).repeat(heads)
+        if gate_mode == "fixed":
+            self.gate_logits = nn.Parameter(bias.view(heads, self.n_gates).clone())
+        else:
+            self.to_gates = nn.Linear(dim, heads * self.n_gates)
+            nn.init.zeros_(self.to_gates.weight)
+            with torch.no_grad():
+                self.to_gates.bias.copy_(bias)
+
+        init = self.rule.initial_weights(heads, self.dim_head, self.dim_head)
+        self.initial_weights = nn.ParameterList([nn.Parameter(w.clone()) for w in init])
+        self.out_norm_weight = nn.Parameter(torch.ones(heads, self.dim_head))
+        self.to_out_gate = nn.Linear(dim, inner, bias=False)
+        self.to_out = nn.Linear(inner, dim, bias=False)
+        nn.init.normal_(self.to_out.weight, std=1.0 / math.sqrt(inner))
+
+    # -- pieces -------------------------------------------------------------------------------------------
+
+    def _project(self, x: Tensor, conv_cache: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        b, t, _ = x.shape
+        qkv = self.to_qkv(x)
+        new_cache = None
+        if self.conv is not None:
+            seq = qkv.transpose(1, 2)  # [B, channels, T]
+            if conv_cache is None:
+                conv_cache = seq.new_zeros(b, seq.shape[1], self.conv_kernel - 1)
+            seq = torch.cat([conv_cache, seq], dim=2)
+            new_cache = seq[:, :, -(self.conv_kernel - 1):]
+            qkv = F.silu(self.conv(seq)).transpose(1, 2)
+        q, k, v = qkv.view(b, t, 3, self.heads, self.dim_head).unbind(2)
+        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, new_cache
+
+    def _gates(self, x: Tensor, state: NeuralMemoryState | None) -> tuple[dict, Tensor | None]:
+        b, t, _ = x.shape
+        if self.gate_mode == "fixed":
+            logits = self.gate_logits.expand(b, t, self.heads, self.n_gates)
+            held = None
+        else:
+            logits = self.to_gates(x).view(b, t, self.heads, self.n_gates)
+            held = None
+            if self.gate_mode == "chunk" and not self.rule.per_token:
+                offset = 0 if state is None else state.memory.offset
+                pos = (offset + torch.arange(t, device=x.device)) % self.chunk_size
+                starts = torch.where(pos == 0, torch.arange(t, device=x.device), -1)
+                source = torch.cummax(starts, dim=0).values  # last chunk start at or before t, −1 if none
+                if state is not None and state.held_gates is not None:
+                    logits = torch.cat([state.held_gates, logits], dim=1)
+                    source = source + 1
+                logits = logits[:, source.clamp(min=0)]
+                held = logits[:, -1:]
+        names = ["lr"] + (["momentum"] if self.rule.momentum else []) + (["forget"] if self.rule.forgetting else [])
+        gates = {name: torch.sigmoid(logits[..., i]) for i, name in enumerate(names)}
+        gates["lr"] = self.max_lr * gates["lr"]
+        if self.rule.objective.uses_threshold:
+            gates["threshold"] = F.softplus(logits[..., -1]) + 1e-3
+        return gates, held
+
+    def _merge(self, x: Tensor, out: Tensor) -> Tensor:
+        b, t = out.shape[:2]
+        out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + 1e-6) * self.out_norm_weight
+        out = out.reshape(b, t, -1) * F.silu(self.to_out_gate(x))
+        return self.to_out(out)
+
+    def initial_state(self, batch: int) -> NeuralMemoryState:
+        weights = tuple(self.initial_weights)
+        mem = initial_state(self.rule, batch, self.heads, self.dim_head, self.dim_head, weights=weights,
+                            dtype=weights[0].dtype, device=weights[0].device)
+        return NeuralMemoryState(mem)
+
+    # -- public -------------------------------------------------------------------------------------------
+
+    def forward(self, x: Tensor, state: NeuralMemoryState | None = None) -> tuple[Tensor, NeuralMemoryState]:
+        """Write each token into the memory, then read it with the token's query. x: [B, T, dim]."""
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape [batch, time, {self.dim}], got {tuple(x.shape)}")
+        if state is None:
+            state = self.initial_state(x.shape[0])
+        q, k, v, conv_cache = self._project(x, state.conv)
+        gates, held = self._gates(x, state)
+        out, mem = memorize(q, k, v, gates.pop("lr"), **gates, rule=self.rule, chunk_size=self.chunk_size,
+                            state=state.memory)
+        return self._merge(x, out), NeuralMemoryState(mem, conv_cache, held)
+
+    def retrieve(self, x: Tensor, state: NeuralMemoryState | None = None) -> Tensor:
+        """Read only, with the state's current weights; nothing is written. x: [B, T, dim]."""
+        if x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape [batch, time, {self.dim}], got {tuple(x.shape)}")
+        if state is None:
+            state = self.initial_state(x.shape[0])
+        q, _, _, _ = self._project(x, state.conv)
+        out = self.rule.architecture.forward(state.memory.weights, q.transpose(1, 2)).transpose(1, 2)
+        return self._merge(x, out)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.heads}, chunk_size={self.chunk_size}, rule={self.rule.name!r}"
+
+
+def with_rule(rule: str | MemoryRule, **changes) -> MemoryRule:
+    """A preset with some fields changed, e.g. ``with_rule("titans", window=8)``."""
+    return replace(get_rule(rule), **changes)

@@ -1,0 +1,15 @@
+"""The inner loop: memory architectures, objectives, retention, learners, the chunked engine, the exact
+delta-rule path, the token-by-token reference, and the state carried across calls."""
+
+from .architectures import MemoryArchitecture
+from .functional import initial_state, memorize
+from .newton_schulz import newton_schulz
+from .objectives import Objective
+from .retention import Retention
+from .rules import RULES, MemoryRule, get_rule
+from .state import MemoryState
+
+__all__ = [
+    "RULES", "MemoryArchitecture", "MemoryRule", "MemoryState", "Objective", "Retention", "get_rule",
+    "initial_state", "memorize", "newton_schulz",
+]

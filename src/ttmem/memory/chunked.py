@@ -1,0 +1,197 @@
+"""The chunked engine: exact mini-batch test-time learning in the dual form.
+
+Per chunk (DESIGN.md): one batched forward of the chunk's keys (and the Omega window's earlier keys) through the
+memory at the chunk-start weights, one closed-form batched backward giving every layer's rank-one gradient
+factors g_i ⊗ x_i, then reads and the chunk's end state as plain matmuls with the coefficient matrices of
+``coefficients.py``. No per-token weight gradient is ever built. Everything is differentiable, so the outer loop
+trains through the inner updates (second-order terms included) with ordinary autograd.
+
+Tensors inside the engine are laid out [B, H, T, d]; gates [B, H, T].
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .architectures import activation, layer_norm
+from .coefficients import chunk_coefficients, window_matrix
+from .newton_schulz import newton_schulz
+from .rules import MemoryRule
+from .state import MemoryState
+
+
+def _pad_time(x: Tensor | None, length: int, value: float = 0.0) -> Tensor | None:
+    """Pad dim 2 (time) at the end to ``length``."""
+    if x is None or x.shape[2] == length:
+        return x
+    pad_shape = list(x.shape)
+    pad_shape[2] = length - x.shape[2]
+    return torch.cat([x, x.new_full(pad_shape, value)], dim=2)
+
+
+def _chunks(x: Tensor | None, n: int, c: int) -> Tensor | None:
+    """[B, H, n*c, ...] -> [B, H, n, c, ...]."""
+    return None if x is None else x.reshape(x.shape[0], x.shape[1], n, c, *x.shape[3:])
+
+
+def _sources(past: Tensor | None, x: Tensor, n: int, c: int) -> Tensor:
+    """Per chunk, the window's earlier tokens followed by the chunk: [B, H, n, P + c, ...]."""
+    if past is None or past.shape[2] == 0:
+        return _chunks(x, n, c)
+    ext = torch.cat([past, x], dim=2)
+    p = past.shape[2]
+    win = ext.unfold(2, p + c, c)  # [B, H, n, ..., p + c]
+    return win.movedim(-1, 3)
+
+
+class _Carry:
+    """The running state inside one call."""
+
+    def __init__(self, rule: MemoryRule, state: MemoryState):
+        self.rule = rule
+        self.weights = state.weights
+        self.momentum = state.momentum
+        self.step = state.momentum_step if state.momentum_step is not None else state.momentum
+        self.accum = state.accum
+        self.ref = state.ref if state.ref is not None else state.weights
+        self.anchor = state.anchor
+        self.past = (state.past_k, state.past_v, state.past_threshold, state.past_mask)
+
+    def boundary(self) -> None:
+        """Chunk complete: orthogonalise the momentum's step, refresh the retention view, start a new chunk."""
+        if self.rule.newton_schulz_steps:
+            self.step = tuple(newton_schulz(s, self.rule.newton_schulz_steps) for s in self.momentum)
+        if self.accum is not None:
+            self.weights = self.rule.retention.apply_view(self.accum)
+        self.ref = self.weights
+
+    def push_past(self, k: Tensor, v: Tensor, thr: Tensor | None, mask: Tensor) -> None:
+        p = self.rule.window - 1
+        if p == 0:
+            return
+        pk, pv, pt, pm = self.past
+        self.past = (
+            torch.cat([pk, k], 2)[:, :, -p:],
+            torch.cat([pv, v], 2)[:, :, -p:],
+            None if thr is None else torch.cat([pt, thr], 2)[:, :, -p:],
+            torch.cat([pm, mask], 2)[:, :, -p:],
+        )
+
+
+def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep: Tensor, eta: Tensor | None,
+               thr: Tensor | None, chunk: int, last_complete: bool) -> Tensor:
+    """Process tokens [B, H, T, ·] as ceil(T / chunk) chunks starting at a chunk boundary of ``carry``."""
+    rule, arch = carry.rule, carry.rule.architecture
+    b, h, t = q.shape[:3]
+    n = -(-t // chunk)
+    total = n * chunk
+    q_, k_, v_ = _pad_time(q, total), _pad_time(k, total), _pad_time(v, total)
+    lr_, keep_ = _pad_time(lr, total), _pad_time(keep, total, 1.0)
+    eta_ = _pad_time(eta, total, 1.0)
+    thr_ = _pad_time(thr, total, 1.0)
+    real = _pad_time(torch.ones(b, h, t, dtype=q.dtype, device=q.device), total)
+
+    pk, pv, pt, pm = carry.past
+    k_src, v_src = _sources(pk, k_, n, chunk), _sources(pv, v_, n, chunk)
+    t_src = None if thr_ is None else _sources(pt, thr_, n, chunk)
+    m_src = _sources(pm, real, n, chunk)
+    past_len = 0 if pk is None else pk.shape[2]
+    omega = None
+    if rule.window > 1:
+        omega = window_matrix(chunk, past_len, rule.window, rule.window_decay, q.dtype, q.device)
+
+    with_anchor = carry.anchor is not None
+    coef = chunk_coefficients(_chunks(lr_, n, chunk), _chunks(keep_, n, chunk), _chunks(eta_, n, chunk),
+                              m_src, omega, with_anchor)
+    q_c = _chunks(q_, n, chunk)
+    outputs = []
+    for i in range(n):
+        row = chunk - 1 if i < n - 1 else (t - 1) % chunk
+        ref = carry.ref
+        pred, xs, pre = arch.forward_with_cache(ref, k_src[:, :, i])
+        grad_out = rule.objective.grad(pred, v_src[:, :, i], None if t_src is None else t_src[:, :, i])
+        gs = arch.output_grads(ref, pre, grad_out * m_src[:, :, i].unsqueeze(-1))
+        anchor_grad = None
+        if with_anchor:
+            anchor_grad = tuple(rule.retention.anchor * (w - a) for w, a in zip(ref, carry.anchor))
+
+        beta, read = coef.beta[:, :, i], coef.read[:, :, i]
+        c_in = None if coef.momentum_in is None else coef.momentum_in[:, :, i]
+        d_in = None if coef.anchor is None else coef.anchor[:, :, i]
+
+        # Reads: layer by layer in the dual form, each token with its own W_t.
+        z = q_c[:, :, i]
+        hidden = z
+        for layer, (w, x, g) in enumerate(zip(carry.weights, xs, gs)):
+            a = beta.unsqueeze(-1) * (hidden @ w.mT)
+            if c_in is not None:
+                a = a + c_in.unsqueeze(-1) * (hidden @ carry.step[layer].mT)
+            a = a - (read * (hidden @ x.mT)) @ g
+            if anchor_grad is not None:
+                a = a - d_in.unsqueeze(-1) * (hidden @ anchor_grad[layer].mT)
+            hidden = a if layer == len(xs) - 1 else activation(arch.act, a)
+        outputs.append(z + layer_norm(hidden) if arch.residual_norm else hidden)
+
+        # End state at the chunk's last real token.
+        beta_r = beta[:, :, row, None, None]
+        read_r = read[:, :, row].unsqueeze(-1)
+        increments = []
+        for layer, (x, g) in enumerate(zip(xs, gs)):
+            inc = -(g.mT @ (read_r * x))
+            if c_in is not None:
+                inc = inc + c_in[:, :, row, None, None] * carry.step[layer]
+            if anchor_grad is not None:
+                inc = inc - d_in[:, :, row, None, None] * anchor_grad[layer]
+            increments.append(inc)
+        if carry.momentum is not None:
+            carry_r = coef.carry[:, :, i, row, None, None]
+            mom_r = coef.momentum[:, :, i, row].unsqueeze(-1)
+            deltas = []
+            for layer, (x, g) in enumerate(zip(xs, gs)):
+                s = -(g.mT @ (mom_r * x))
+                if anchor_grad is not None:
+                    s = s - coef.momentum_anchor[:, :, i, row, None, None] * anchor_grad[layer]
+                deltas.append(s)
+            carry.momentum = tuple(carry_r * m + s for m, s in zip(carry.momentum, deltas))
+            carry.step = tuple(carry_r * m + s for m, s in zip(carry.step, deltas))
+        carry.weights = tuple(beta_r * w + inc for w, inc in zip(carry.weights, increments))
+        if carry.accum is not None:
+            carry.accum = tuple(beta_r * a + inc for a, inc in zip(carry.accum, increments))
+        if i < n - 1 or last_complete:
+            carry.boundary()
+
+    carry.push_past(k, v, thr, torch.ones(b, h, t, dtype=q.dtype, device=q.device))
+    out = torch.cat(outputs, dim=2)
+    return out[:, :, :t]
+
+
+def memorize_chunked(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep: Tensor,
+                     eta: Tensor | None, thr: Tensor | None, chunk: int, state: MemoryState
+                     ) -> tuple[Tensor, MemoryState]:
+    """Engine layout: q, k [B, H, T, dk], v [B, H, T, dv], gates [B, H, T]. Returns out [B, H, T, dv], state."""
+    carry = _Carry(rule, state)
+    t = q.shape[2]
+    offset = state.offset
+    pieces, start = [], 0
+    if offset:
+        first = min(chunk - offset, t)
+        sl = slice(0, first)
+        pieces.append(_run_group(carry, q[:, :, sl], k[:, :, sl], v[:, :, sl], lr[:, :, sl], keep[:, :, sl],
+                                 None if eta is None else eta[:, :, sl], None if thr is None else thr[:, :, sl],
+                                 first, offset + first == chunk))
+        start = first
+    if start < t:
+        sl = slice(start, t)
+        pieces.append(_run_group(carry, q[:, :, sl], k[:, :, sl], v[:, :, sl], lr[:, :, sl], keep[:, :, sl],
+                                 None if eta is None else eta[:, :, sl], None if thr is None else thr[:, :, sl],
+                                 chunk, (t - start) % chunk == 0))
+    new_offset = (offset + t) % chunk
+    pk, pv, pt, pm = carry.past
+    new_state = MemoryState(
+        weights=carry.weights, momentum=carry.momentum, accum=carry.accum,
+        momentum_step=carry.step if rule.newton_schulz_steps else None,
+        ref=carry.ref if new_offset else None, offset=new_offset, anchor=carry.anchor,
+        past_k=pk, past_v=pv, past_threshold=pt, past_mask=pm,
+    )
+    return torch.cat(pieces, dim=2), new_state

@@ -1,0 +1,52 @@
+"""The memory state carried across calls (streaming): everything needed to continue a sequence exactly.
+
+All tensors are per batch and head. ``weights`` are what reads use (for a linear memory one [B, H, dv, dk] tensor
+with M(k) = W k). A call may end inside a chunk; ``ref`` then holds that chunk's start weights (gradients are taken
+there) and ``offset`` how many of its tokens are done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+from torch import Tensor
+
+
+@dataclass
+class MemoryState:
+    weights: tuple[Tensor, ...]                   # W_t per layer, [B, H, out, in]
+    momentum: tuple[Tensor, ...] | None = None    # S_t, same shapes (rules with momentum)
+    momentum_step: tuple[Tensor, ...] | None = None  # the momentum as the weights see it (Newton–Schulz rules)
+    accum: tuple[Tensor, ...] | None = None       # A_t for rules with a retention view (W_ref = R(A_ref))
+    ref: tuple[Tensor, ...] | None = None         # chunk-start weights while a chunk is in progress
+    offset: int = 0                               # tokens done in the chunk in progress
+    anchor: tuple[Tensor, ...] | None = None      # EWC-style anchor weights
+    past_k: Tensor | None = None                  # Omega window: last window−1 keys [B, H, window−1, dk]
+    past_v: Tensor | None = None                  # ... values [B, H, window−1, dv]
+    past_threshold: Tensor | None = None          # ... Huber thresholds [B, H, window−1]
+    past_mask: Tensor | None = None               # ... 1 where a past token exists [B, H, window−1]
+
+    def _map(self, fn) -> MemoryState:
+        changes = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, tuple):
+                changes[f.name] = tuple(fn(t) for t in value)
+            elif isinstance(value, Tensor):
+                changes[f.name] = fn(value)
+        return replace(self, **changes)
+
+    def detach(self) -> MemoryState:
+        """Cut the autograd history (truncated backpropagation through time)."""
+        return self._map(lambda t: t.detach())
+
+    def to(self, *args, **kwargs) -> MemoryState:
+        return self._map(lambda t: t.to(*args, **kwargs))
+
+    @property
+    def batch_size(self) -> int:
+        return self.weights[0].shape[0]
+
+    @property
+    def heads(self) -> int:
+        return self.weights[0].shape[1]

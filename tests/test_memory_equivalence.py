@@ -1,0 +1,78 @@
+"""The fast paths equal the token-by-token reference (float64) for every preset, on awkward shapes:
+lengths that are not multiples of the chunk size, length 1, with and without an incoming state (which may end
+mid-chunk), for outputs, final state and gradients w.r.t. q, k, v, the gates and the initial weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from memory_cases import learned_initial_weights, make_inputs, start_state
+
+from ttmem.memory import RULES, memorize
+
+TOL = 1e-8
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def run(rule, impl, inputs, chunk, state):
+    out, new_state = memorize(**inputs, rule=rule, chunk_size=chunk, state=state, impl=impl)
+    return out, new_state
+
+
+def objective(out, state, seed=7):
+    gen = torch.Generator().manual_seed(seed)
+    total = (out * torch.randn(out.shape, generator=gen, dtype=out.dtype)).sum()
+    for w in state.weights:
+        total = total + (w * torch.randn(w.shape, generator=gen, dtype=w.dtype)).sum()
+    return total
+
+
+@pytest.mark.parametrize("incoming", [False, True], ids=["fresh", "incoming-state"])
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_chunked_equals_reference(rule, incoming):
+    for chunk in (1, 4, 16):
+        for time in (1, 7, 33, 100):
+            init = learned_initial_weights(rule)
+            inputs = make_inputs(rule, time=time, seed=time + chunk, requires_grad=True)
+            results = {}
+            for impl in ("chunked", "reference"):
+                state = start_state(rule, init)
+                if incoming:  # a previous call of 5 tokens: the state may end mid-chunk
+                    state = memorize(**make_inputs(rule, time=5, seed=99), rule=rule, chunk_size=chunk,
+                                     state=state, impl=impl)[1]
+                out, new_state = run(rule, impl, inputs, chunk, state)
+                leaves = [inputs[name] for name in sorted(inputs)] + list(init)
+                grads = torch.autograd.grad(objective(out, new_state), leaves, allow_unused=True)
+                results[impl] = (out, new_state, grads)
+            (o1, s1, g1), (o2, s2, g2) = results["chunked"], results["reference"]
+            where = f"{rule} chunk={chunk} time={time} incoming={incoming}"
+            assert rel_err(o1, o2) <= TOL, f"outputs differ: {where}"
+            assert s1.offset == s2.offset, where
+            for a, b in zip(s1.weights, s2.weights, strict=True):
+                assert rel_err(a, b) <= TOL, f"final weights differ: {where}"
+            if s2.momentum is not None:
+                for a, b in zip(s1.momentum, s2.momentum, strict=True):
+                    assert rel_err(a, b) <= TOL, f"final momentum differs: {where}"
+            names = sorted(inputs) + [f"init{i}" for i in range(len(init))]
+            for name, a, b in zip(names, g1, g2, strict=True):
+                assert (a is None) == (b is None), f"gradient presence differs for {name}: {where}"
+                if b is not None and b.norm() > 0:
+                    assert rel_err(a, b) <= TOL, f"gradient w.r.t. {name} differs: {where}"
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_streaming_pieces_equal_whole(rule):
+    """Calling memorize on pieces of a sequence (ending mid-chunk) continues it exactly."""
+    inputs = make_inputs(rule, time=23, seed=3)
+    whole, whole_state = memorize(**inputs, rule=rule, chunk_size=4)
+    outs, state = [], None
+    for start, stop in ((0, 3), (3, 4), (4, 13), (13, 23)):
+        piece = {name: x[:, start:stop] for name, x in inputs.items()}
+        out, state = memorize(**piece, rule=rule, chunk_size=4, state=state)
+        outs.append(out)
+    assert rel_err(torch.cat(outs, 1), whole) <= 1e-12
+    for a, b in zip(state.weights, whole_state.weights, strict=True):
+        assert rel_err(a, b) <= 1e-12
