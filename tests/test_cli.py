@@ -186,3 +186,13 @@ def test_console_entry_prints_no_traceback(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.startswith("ttmem train: error: unknown config key 'learning_rate'")
     assert proc.stderr.count("\n") == 1
+
+
+def test_audit_timing_subcommand_runs_the_security_audit(capsys):
+    from ttmem.cli import main
+
+    code = main(["audit", "timing", "tiny-theta", "--trials", "5", "--warmup", "1", "--lengths", "8", "16",
+                 "--permutations", "20"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "context length" in out and "ANOVA" in out

@@ -63,6 +63,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto")
 
     sub.add_parser("info", help="versions, devices, available presets, rules, optimizers, datasets")
+
+    audit = sub.add_parser("audit", help="security instruments: `ttmem audit timing MODEL` (see --help there)",
+                           add_help=False)
+    audit.add_argument("instrument", choices=["timing"])
+    audit.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -191,12 +196,19 @@ def _cmd_info(_: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from ttmem.security.audit import main as audit_timing
+
+    return audit_timing(args.rest)
+
+
 COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
     "generate": _cmd_generate,
     "bench": _cmd_bench,
     "info": _cmd_info,
+    "audit": _cmd_audit,
 }
 
 
