@@ -104,14 +104,17 @@ def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep:
     with_anchor = carry.anchor is not None
     coef = chunk_coefficients(_chunks(lr_, n, chunk), _chunks(keep_, n, chunk), _chunks(eta_, n, chunk),
                               m_src, omega, with_anchor)
-    q_c = _chunks(q_, n, chunk)
+    # Split along chunks once: indexing inside the loop would give every chunk a full-size backward.
+    q_c = _chunks(q_, n, chunk).unbind(2)
+    k_src, v_src, m_src = k_src.unbind(2), v_src.unbind(2), m_src.unbind(2)
+    t_src = None if t_src is None else t_src.unbind(2)
     outputs = []
     for i in range(n):
         row = chunk - 1 if i < n - 1 else (t - 1) % chunk
         ref = carry.ref
-        pred, xs, pre = arch.forward_with_cache(ref, k_src[:, :, i])
-        grad_out = rule.objective.grad(pred, v_src[:, :, i], None if t_src is None else t_src[:, :, i])
-        gs = arch.output_grads(ref, pre, grad_out * m_src[:, :, i].unsqueeze(-1))
+        pred, xs, pre = arch.forward_with_cache(ref, k_src[i])
+        grad_out = rule.objective.grad(pred, v_src[i], None if t_src is None else t_src[i])
+        gs = arch.output_grads(ref, pre, grad_out * m_src[i].unsqueeze(-1))
         anchor_grad = None
         if with_anchor:
             anchor_grad = tuple(rule.retention.anchor * (w - a) for w, a in zip(ref, carry.anchor))
@@ -121,7 +124,7 @@ def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep:
         d_in = None if coef.anchor is None else coef.anchor[:, :, i]
 
         # Reads: layer by layer in the dual form, each token with its own W_t.
-        z = q_c[:, :, i]
+        z = q_c[i]
         hidden = z
         for layer, (w, x, g) in enumerate(zip(carry.weights, xs, gs)):
             a = beta.unsqueeze(-1) * (hidden @ w.mT)
@@ -154,7 +157,10 @@ def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep:
                     s = s - coef.momentum_anchor[:, :, i, row, None, None] * anchor_grad[layer]
                 deltas.append(s)
             carry.momentum = tuple(carry_r * m + s for m, s in zip(carry.momentum, deltas))
-            carry.step = tuple(carry_r * m + s for m, s in zip(carry.step, deltas))
+            if rule.newton_schulz_steps:
+                carry.step = tuple(carry_r * m + s for m, s in zip(carry.step, deltas))
+            else:  # the weights see the raw momentum: one tensor, computed once
+                carry.step = carry.momentum
         carry.weights = tuple(beta_r * w + inc for w, inc in zip(carry.weights, increments))
         if carry.accum is not None:
             carry.accum = tuple(beta_r * a + inc for a, inc in zip(carry.accum, increments))
