@@ -16,6 +16,7 @@ from torch import Tensor
 
 from .architectures import activation, layer_norm
 from .coefficients import chunk_coefficients, window_matrix
+from .fused import rank_update, scaled_sum
 from .newton_schulz import newton_schulz
 from .rules import MemoryRule
 from .state import MemoryState
@@ -43,6 +44,16 @@ def _sources(past: Tensor | None, x: Tensor, n: int, c: int) -> Tensor:
     p = past.shape[2]
     win = ext.unfold(2, p + c, c)  # [B, H, n, ..., p + c]
     return win.movedim(-1, 3)
+
+
+def _advance(scale: Tensor, tensors: tuple[Tensor, ...], extra: list[tuple[Tensor | None, tuple | None]],
+             xs: list[Tensor], gs: list[Tensor], coef_row: Tensor) -> tuple[Tensor, ...]:
+    """Per layer: scale · T + Σ s · E (the ``extra`` pairs whose scale is not None) − Gᵀ diag(coef_row) X."""
+    new = []
+    for layer, (t, x, g) in enumerate(zip(tensors, xs, gs)):
+        terms = [(scale, t)] + [(s, e[layer]) for s, e in extra if s is not None]
+        new.append(rank_update(scaled_sum(*terms), g, -coef_row * x))
+    return tuple(new)
 
 
 class _Carry:
@@ -136,34 +147,27 @@ def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep:
             hidden = a if layer == len(xs) - 1 else activation(arch.act, a)
         outputs.append(z + layer_norm(hidden) if arch.residual_norm else hidden)
 
-        # End state at the chunk's last real token.
+        # End state at the chunk's last real token: W = β W + c S − d ∇anchor − Gᵀ diag(A[row]) X, per layer.
         beta_r = beta[:, :, row, None, None]
         read_r = read[:, :, row].unsqueeze(-1)
-        increments = []
-        for layer, (x, g) in enumerate(zip(xs, gs)):
-            inc = -(g.mT @ (read_r * x))
-            if c_in is not None:
-                inc = inc + c_in[:, :, row, None, None] * carry.step[layer]
-            if anchor_grad is not None:
-                inc = inc - d_in[:, :, row, None, None] * anchor_grad[layer]
-            increments.append(inc)
+        c_r = None if c_in is None else c_in[:, :, row, None, None]
+        d_r = None if d_in is None else -d_in[:, :, row, None, None]
+
+        extra = [(c_r, carry.step), (d_r, anchor_grad)]
+        new_weights = _advance(beta_r, carry.weights, extra, xs, gs, read_r)
+        if carry.accum is not None:
+            carry.accum = _advance(beta_r, carry.accum, extra, xs, gs, read_r)
         if carry.momentum is not None:
             carry_r = coef.carry[:, :, i, row, None, None]
             mom_r = coef.momentum[:, :, i, row].unsqueeze(-1)
-            deltas = []
-            for layer, (x, g) in enumerate(zip(xs, gs)):
-                s = -(g.mT @ (mom_r * x))
-                if anchor_grad is not None:
-                    s = s - coef.momentum_anchor[:, :, i, row, None, None] * anchor_grad[layer]
-                deltas.append(s)
-            carry.momentum = tuple(carry_r * m + s for m, s in zip(carry.momentum, deltas))
-            if rule.newton_schulz_steps:
-                carry.step = tuple(carry_r * m + s for m, s in zip(carry.step, deltas))
-            else:  # the weights see the raw momentum: one tensor, computed once
+            ma_r = None if anchor_grad is None else -coef.momentum_anchor[:, :, i, row, None, None]
+            extra = [(ma_r, anchor_grad)]
+            if rule.newton_schulz_steps:  # the weights see NS(S); the raw buffer and its step advance alike
+                carry.step = _advance(carry_r, carry.step, extra, xs, gs, mom_r)
+            carry.momentum = _advance(carry_r, carry.momentum, extra, xs, gs, mom_r)
+            if not rule.newton_schulz_steps:  # the weights see the raw momentum: one tensor, computed once
                 carry.step = carry.momentum
-        carry.weights = tuple(beta_r * w + inc for w, inc in zip(carry.weights, increments))
-        if carry.accum is not None:
-            carry.accum = tuple(beta_r * a + inc for a, inc in zip(carry.accum, increments))
+        carry.weights = new_weights
         if i < n - 1 or last_complete:
             carry.boundary()
 
