@@ -69,6 +69,7 @@ def _plots(
     logs: dict[str, Path],
 ) -> list[str]:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -95,6 +96,7 @@ def _plots(
         xticks=lengths,
     )
     ax_recall.set_xticklabels([str(n) for n in lengths])
+    ax_recall.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())  # no 2x10^2-style labels
     ax_recall.legend()
     fig.tight_layout()
     fig.savefig(out_dir / "comparison.png", dpi=100)
