@@ -22,8 +22,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-def run(rule, impl, inputs, chunk, state):
-    out, new_state = memorize(**inputs, rule=rule, chunk_size=chunk, state=state, impl=impl)
+def run(rule, impl, inputs, chunk, state, recompute=False):
+    extra = {"recompute": True} if recompute else {}
+    out, new_state = memorize(**inputs, rule=rule, chunk_size=chunk, state=state, impl=impl, **extra)
     return out, new_state
 
 
@@ -35,9 +36,11 @@ def objective(out, state, seed=7):
     return total
 
 
+@pytest.mark.parametrize("recompute", [False, True], ids=["stored", "recomputed"])
 @pytest.mark.parametrize("incoming", [False, True], ids=["fresh", "incoming-state"])
 @pytest.mark.parametrize("rule", sorted(RULES))
-def test_chunked_equals_reference(rule, incoming):
+def test_chunked_equals_reference(rule, incoming, recompute):
+    """``recompute=True`` (per-chunk activation checkpointing) must give the same values and gradients."""
     for chunk in (1, 4, 16):
         for time in (1, 7, 33, 100):
             init = learned_initial_weights(rule)
@@ -48,7 +51,7 @@ def test_chunked_equals_reference(rule, incoming):
                 if incoming:  # a previous call of 5 tokens: the state may end mid-chunk
                     state = memorize(**make_inputs(rule, time=5, seed=99), rule=rule, chunk_size=chunk,
                                      state=state, impl=impl)[1]
-                out, new_state = run(rule, impl, inputs, chunk, state)
+                out, new_state = run(rule, impl, inputs, chunk, state, recompute and impl == "chunked")
                 leaves = [inputs[name] for name in sorted(inputs)] + list(init)
                 grads = torch.autograd.grad(objective(out, new_state), leaves, allow_unused=True)
                 results[impl] = (out, new_state, grads)
@@ -81,3 +84,30 @@ def test_streaming_pieces_equal_whole(rule):
     assert rel_err(torch.cat(outs, 1), whole) <= 1e-12
     for a, b in zip(state.weights, whole_state.weights, strict=True):
         assert rel_err(a, b) <= 1e-12
+
+
+def _saved_numel(fn) -> int:
+    """Elements that autograd stores for the backward while ``fn`` runs."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
+def test_recompute_stores_less_for_the_backward():
+    """Per-chunk recomputation keeps far fewer intermediates alive than the stored form (titans, 8 chunks)."""
+    init = learned_initial_weights("titans")
+    inputs = make_inputs("titans", time=64, seed=5, requires_grad=True)
+
+    def call(recompute):
+        return lambda: memorize(**inputs, rule="titans", chunk_size=8, state=start_state("titans", init),
+                                recompute=recompute)
+
+    stored, recomputed = _saved_numel(call(False)), _saved_numel(call(True))
+    assert recomputed < 0.25 * stored, (stored, recomputed)

@@ -42,7 +42,7 @@ class NeuralMemory(nn.Module):
 
     def __init__(self, dim: int, heads: int = 1, chunk_size: int = 64, rule: str | MemoryRule = "titans",
                  dim_head: int | None = None, conv_kernel: int = 4, gate_mode: str = "token",
-                 max_lr: float = 1.0):
+                 max_lr: float = 1.0, recompute: bool = False):
         super().__init__()
         if dim < 1 or heads < 1:
             raise ValueError(f"dim and heads must be >= 1, got dim={dim}, heads={heads}")
@@ -58,6 +58,7 @@ class NeuralMemory(nn.Module):
         if self.dim_head < 1:
             raise ValueError(f"dim_head must be >= 1, got {self.dim_head}")
         self.gate_mode, self.max_lr, self.conv_kernel = gate_mode, max_lr, conv_kernel
+        self.recompute = recompute  # per-chunk activation checkpointing in the engine (less memory, more time)
         inner = heads * self.dim_head
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.conv = nn.Conv1d(3 * inner, 3 * inner, conv_kernel, groups=3 * inner) if conv_kernel > 1 else None
@@ -151,7 +152,7 @@ class NeuralMemory(nn.Module):
         q, k, v, conv_cache = self._project(x, state.conv)
         gates, held = self._gates(x, state)
         out, mem = memorize(q, k, v, gates.pop("lr"), **gates, rule=self.rule, chunk_size=self.chunk_size,
-                            state=state.memory)
+                            state=state.memory, recompute=self.recompute)
         return self._merge(x, out), NeuralMemoryState(mem, conv_cache, held)
 
     def retrieve(self, x: Tensor, state: NeuralMemoryState | None = None) -> Tensor:

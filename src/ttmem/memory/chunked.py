@@ -11,11 +11,14 @@ Tensors inside the engine are laid out [B, H, T, d]; gates [B, H, T].
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from .architectures import activation, layer_norm
-from .coefficients import chunk_coefficients, window_matrix
+from .coefficients import ChunkCoefficients, chunk_coefficients, window_matrix
 from .fused import rank_update, scaled_sum
 from .newton_schulz import newton_schulz
 from .rules import MemoryRule
@@ -90,10 +93,62 @@ class _Carry:
         )
 
 
+def _chunk_step(rule: MemoryRule, row: int, q: Tensor, k: Tensor, v: Tensor, thr: Tensor | None, mask: Tensor,
+                coef: ChunkCoefficients, ref: tuple[Tensor, ...], weights: tuple[Tensor, ...],
+                step: tuple[Tensor, ...] | None, momentum: tuple[Tensor, ...] | None,
+                accum: tuple[Tensor, ...] | None, anchor: tuple[Tensor, ...] | None) -> tuple:
+    """One chunk, as a pure function of its inputs: reads of every token, then the state after token ``row``.
+
+    q [B, H, C, dk]; k, v, thr, mask: the chunk's sources (Omega window's earlier tokens first); coef: this
+    chunk's coefficients. Returns (out [B, H, C, dv], weights, step, momentum, accum).
+    """
+    arch = rule.architecture
+    pred, xs, pre = arch.forward_with_cache(ref, k)
+    grad_out = rule.objective.grad(pred, v, thr)
+    gs = arch.output_grads(ref, pre, grad_out * mask.unsqueeze(-1))
+    anchor_grad = None
+    if anchor is not None:
+        anchor_grad = tuple(rule.retention.anchor * (w - a) for w, a in zip(ref, anchor))
+    beta, read, c_in, d_in = coef.beta, coef.read, coef.momentum_in, coef.anchor
+
+    # Reads: layer by layer in the dual form, each token with its own W_t.
+    hidden = q
+    for layer, (w, x, g) in enumerate(zip(weights, xs, gs)):
+        a = beta.unsqueeze(-1) * (hidden @ w.mT)
+        if c_in is not None:
+            a = a + c_in.unsqueeze(-1) * (hidden @ step[layer].mT)
+        a = a - (read * (hidden @ x.mT)) @ g
+        if anchor_grad is not None:
+            a = a - d_in.unsqueeze(-1) * (hidden @ anchor_grad[layer].mT)
+        hidden = a if layer == len(xs) - 1 else activation(arch.act, a)
+    out = q + layer_norm(hidden) if arch.residual_norm else hidden
+
+    # End state at the chunk's last real token: W = β W + c S − d ∇anchor − Gᵀ diag(A[row]) X, per layer.
+    beta_r = beta[:, :, row, None, None]
+    read_r = read[:, :, row].unsqueeze(-1)
+    c_r = None if c_in is None else c_in[:, :, row, None, None]
+    d_r = None if d_in is None else -d_in[:, :, row, None, None]
+    extra = [(c_r, step), (d_r, anchor_grad)]
+    new_weights = _advance(beta_r, weights, extra, xs, gs, read_r)
+    if accum is not None:
+        accum = _advance(beta_r, accum, extra, xs, gs, read_r)
+    if momentum is not None:
+        carry_r = coef.carry[:, :, row, None, None]
+        mom_r = coef.momentum[:, :, row].unsqueeze(-1)
+        ma_r = None if anchor_grad is None else -coef.momentum_anchor[:, :, row, None, None]
+        extra = [(ma_r, anchor_grad)]
+        if rule.newton_schulz_steps:  # the weights see NS(S); the raw buffer and its step advance alike
+            step = _advance(carry_r, step, extra, xs, gs, mom_r)
+        momentum = _advance(carry_r, momentum, extra, xs, gs, mom_r)
+        if not rule.newton_schulz_steps:  # the weights see the raw momentum: one tensor, computed once
+            step = momentum
+    return out, new_weights, step, momentum, accum
+
+
 def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep: Tensor, eta: Tensor | None,
-               thr: Tensor | None, chunk: int, last_complete: bool) -> Tensor:
+               thr: Tensor | None, chunk: int, last_complete: bool, recompute: bool) -> Tensor:
     """Process tokens [B, H, T, ·] as ceil(T / chunk) chunks starting at a chunk boundary of ``carry``."""
-    rule, arch = carry.rule, carry.rule.architecture
+    rule = carry.rule
     b, h, t = q.shape[:3]
     n = -(-t // chunk)
     total = n * chunk
@@ -119,55 +174,21 @@ def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep:
     q_c = _chunks(q_, n, chunk).unbind(2)
     k_src, v_src, m_src = k_src.unbind(2), v_src.unbind(2), m_src.unbind(2)
     t_src = None if t_src is None else t_src.unbind(2)
+    fields = (getattr(coef, f.name) for f in dataclasses.fields(coef))
+    coef_c = tuple(None if c is None else c.unbind(2) for c in fields)  # per chunk, split once
     outputs = []
     for i in range(n):
         row = chunk - 1 if i < n - 1 else (t - 1) % chunk
-        ref = carry.ref
-        pred, xs, pre = arch.forward_with_cache(ref, k_src[i])
-        grad_out = rule.objective.grad(pred, v_src[i], None if t_src is None else t_src[i])
-        gs = arch.output_grads(ref, pre, grad_out * m_src[i].unsqueeze(-1))
-        anchor_grad = None
-        if with_anchor:
-            anchor_grad = tuple(rule.retention.anchor * (w - a) for w, a in zip(ref, carry.anchor))
-
-        beta, read = coef.beta[:, :, i], coef.read[:, :, i]
-        c_in = None if coef.momentum_in is None else coef.momentum_in[:, :, i]
-        d_in = None if coef.anchor is None else coef.anchor[:, :, i]
-
-        # Reads: layer by layer in the dual form, each token with its own W_t.
-        z = q_c[i]
-        hidden = z
-        for layer, (w, x, g) in enumerate(zip(carry.weights, xs, gs)):
-            a = beta.unsqueeze(-1) * (hidden @ w.mT)
-            if c_in is not None:
-                a = a + c_in.unsqueeze(-1) * (hidden @ carry.step[layer].mT)
-            a = a - (read * (hidden @ x.mT)) @ g
-            if anchor_grad is not None:
-                a = a - d_in.unsqueeze(-1) * (hidden @ anchor_grad[layer].mT)
-            hidden = a if layer == len(xs) - 1 else activation(arch.act, a)
-        outputs.append(z + layer_norm(hidden) if arch.residual_norm else hidden)
-
-        # End state at the chunk's last real token: W = β W + c S − d ∇anchor − Gᵀ diag(A[row]) X, per layer.
-        beta_r = beta[:, :, row, None, None]
-        read_r = read[:, :, row].unsqueeze(-1)
-        c_r = None if c_in is None else c_in[:, :, row, None, None]
-        d_r = None if d_in is None else -d_in[:, :, row, None, None]
-
-        extra = [(c_r, carry.step), (d_r, anchor_grad)]
-        new_weights = _advance(beta_r, carry.weights, extra, xs, gs, read_r)
-        if carry.accum is not None:
-            carry.accum = _advance(beta_r, carry.accum, extra, xs, gs, read_r)
-        if carry.momentum is not None:
-            carry_r = coef.carry[:, :, i, row, None, None]
-            mom_r = coef.momentum[:, :, i, row].unsqueeze(-1)
-            ma_r = None if anchor_grad is None else -coef.momentum_anchor[:, :, i, row, None, None]
-            extra = [(ma_r, anchor_grad)]
-            if rule.newton_schulz_steps:  # the weights see NS(S); the raw buffer and its step advance alike
-                carry.step = _advance(carry_r, carry.step, extra, xs, gs, mom_r)
-            carry.momentum = _advance(carry_r, carry.momentum, extra, xs, gs, mom_r)
-            if not rule.newton_schulz_steps:  # the weights see the raw momentum: one tensor, computed once
-                carry.step = carry.momentum
-        carry.weights = new_weights
+        coef_i = ChunkCoefficients(*(None if c is None else c[i] for c in coef_c))
+        inputs = (q_c[i], k_src[i], v_src[i], None if t_src is None else t_src[i], m_src[i], coef_i,
+                  carry.ref, carry.weights, carry.step, carry.momentum, carry.accum, carry.anchor)
+        if recompute and torch.is_grad_enabled():
+            # Keep only the chunk's inputs; its intermediates are rebuilt during the backward.
+            out, weights, step, momentum, accum = checkpoint(_chunk_step, rule, row, *inputs, use_reentrant=False)
+        else:
+            out, weights, step, momentum, accum = _chunk_step(rule, row, *inputs)
+        outputs.append(out)
+        carry.weights, carry.step, carry.momentum, carry.accum = weights, step, momentum, accum
         if i < n - 1 or last_complete:
             carry.boundary()
 
@@ -177,9 +198,10 @@ def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep:
 
 
 def memorize_chunked(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep: Tensor,
-                     eta: Tensor | None, thr: Tensor | None, chunk: int, state: MemoryState
-                     ) -> tuple[Tensor, MemoryState]:
-    """Engine layout: q, k [B, H, T, dk], v [B, H, T, dv], gates [B, H, T]. Returns out [B, H, T, dv], state."""
+                     eta: Tensor | None, thr: Tensor | None, chunk: int, state: MemoryState,
+                     recompute: bool = False) -> tuple[Tensor, MemoryState]:
+    """Engine layout: q, k [B, H, T, dk], v [B, H, T, dv], gates [B, H, T]. Returns out [B, H, T, dv], state.
+    ``recompute``: store only each chunk's inputs for the backward and rebuild its intermediates there."""
     carry = _Carry(rule, state)
     t = q.shape[2]
     offset = state.offset
@@ -189,13 +211,13 @@ def memorize_chunked(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tens
         sl = slice(0, first)
         pieces.append(_run_group(carry, q[:, :, sl], k[:, :, sl], v[:, :, sl], lr[:, :, sl], keep[:, :, sl],
                                  None if eta is None else eta[:, :, sl], None if thr is None else thr[:, :, sl],
-                                 first, offset + first == chunk))
+                                 first, offset + first == chunk, recompute))
         start = first
     if start < t:
         sl = slice(start, t)
         pieces.append(_run_group(carry, q[:, :, sl], k[:, :, sl], v[:, :, sl], lr[:, :, sl], keep[:, :, sl],
                                  None if eta is None else eta[:, :, sl], None if thr is None else thr[:, :, sl],
-                                 chunk, (t - start) % chunk == 0))
+                                 chunk, (t - start) % chunk == 0, recompute))
     new_offset = (offset + t) % chunk
     pk, pv, pt, pm = carry.past
     new_state = MemoryState(

@@ -100,8 +100,8 @@ def _check_state(state: MemoryState, rule: MemoryRule, batch: int, heads: int, d
 
 def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | None = None,
              forget: Tensor | None = None, rule: str | MemoryRule = "titans", chunk_size: int = 64,
-             state: MemoryState | None = None, impl: str = "chunked", threshold: Tensor | None = None
-             ) -> tuple[Tensor, MemoryState]:
+             state: MemoryState | None = None, impl: str = "chunked", threshold: Tensor | None = None,
+             recompute: bool = False) -> tuple[Tensor, MemoryState]:
     """Write (k, v) pairs into a memory that learns at test time, reading it with q after each write.
 
     Args:
@@ -115,6 +115,8 @@ def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | 
         state: the state returned by a previous call (continues the sequence exactly), or None.
         impl: "chunked" (fast) or "reference" (token by token, plain autograd).
         threshold: Huber threshold δ_t [batch, time, heads] > 0 (Huber objective; None means the rule's constant).
+        recompute: chunked dual form only: keep just each chunk's inputs for the backward and recompute its
+            intermediates there (activation checkpointing per chunk). Same results; less memory, more time.
 
     Returns:
         out [batch, time, heads, dim_v] (y_t = M_{W_t}(q_t), read after write) and the new ``MemoryState``.
@@ -124,6 +126,8 @@ def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | 
         raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if not isinstance(recompute, bool):
+        raise TypeError(f"recompute must be a bool, got {type(recompute).__name__}")
     _check_tensor("q", q, dim=4)
     batch, time, heads, dim_k = q.shape
     _check_tensor("k", k, shape=tuple(q.shape))
@@ -166,7 +170,7 @@ def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | 
     elif _delta_rule_applies(rule, state):
         out, new_state = memorize_delta_rule(q_, k_, v_, lr_, keep, chunk_size, state)
     else:
-        out, new_state = memorize_chunked(rule, q_, k_, v_, lr_, keep, eta, thr, chunk, state)
+        out, new_state = memorize_chunked(rule, q_, k_, v_, lr_, keep, eta, thr, chunk, state, recompute)
     return out.movedim(2, 1), new_state
 
 
