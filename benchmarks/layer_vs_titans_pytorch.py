@@ -193,14 +193,15 @@ def layer_step(forward: Callable[[torch.Tensor], torch.Tensor], module: torch.nn
 
 
 # ----------------------------------------------------------------------------- ttmem side
-def build_ttmem(dim: int, heads: int, chunk: int) -> tuple[torch.nn.Module, Callable]:
+def build_ttmem(dim: int, heads: int, chunk: int, recompute: bool = False) -> tuple[torch.nn.Module, Callable]:
     from ttmem.layers import NeuralMemory
 
-    layer = NeuralMemory(dim, heads=heads, chunk_size=chunk, rule="titans")
+    layer = NeuralMemory(dim, heads=heads, chunk_size=chunk, rule="titans", recompute=recompute)
     return layer, lambda x: layer(x)[0]
 
 
-def memorize_step(batch: int, seq: int, heads: int, dim_head: int, chunk: int) -> Callable[[], None]:
+def memorize_step(batch: int, seq: int, heads: int, dim_head: int, chunk: int,
+                  recompute: bool = False) -> Callable[[], None]:
     """Forward + backward of ``ttmem.memory.memorize`` alone (titans rule) at the layer's shapes."""
     from ttmem.memory import get_rule, initial_state, memorize
 
@@ -220,7 +221,7 @@ def memorize_step(batch: int, seq: int, heads: int, dim_head: int, chunk: int) -
         lr, momentum, forget = (torch.sigmoid(g) for g in gates)
         state = initial_state("titans", batch, heads, dim_head, dim_head, weights=tuple(weights))
         out, _ = memorize(q, k, v, lr, momentum=momentum, forget=forget, rule="titans", chunk_size=chunk,
-                          state=state)
+                          state=state, recompute=recompute)
         out.backward(grad_out)
 
     return step
@@ -269,6 +270,7 @@ def worker_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--result", type=Path, required=True)
+    parser.add_argument("--recompute", action="store_true", help="ttmem: per-chunk recomputation in the backward")
     return parser.parse_args(argv)
 
 
@@ -290,7 +292,7 @@ def run_worker(args: argparse.Namespace, build: Callable[[int, int, int], tuple]
         result["known_mib"] = 256.0
         result.update(peak_rss_increase(lambda: torch.empty(64 * 2**20).fill_(1.0)))
     else:
-        module, forward = build(DIM, args.heads, CHUNK)
+        module, forward = build(DIM, args.heads, CHUNK, **({"recompute": True} if args.recompute else {}))
         result["parameters"] = sum(p.numel() for p in module.parameters())
         steps = {"layer": layer_step(forward, module, args.batch, args.seq, DIM)}
         if args.mode == "profile":
@@ -302,7 +304,7 @@ def run_worker(args: argparse.Namespace, build: Callable[[int, int, int], tuple]
         else:
             if extra:
                 dim_head = DIM // args.heads
-                steps["memorize"] = memorize_step(args.batch, args.seq, args.heads, dim_head, CHUNK)
+                steps["memorize"] = memorize_step(args.batch, args.seq, args.heads, dim_head, CHUNK, args.recompute)
                 result["memory_dims"] = memory_layer_dims(args.heads, dim_head)
             for step in steps.values():
                 for _ in range(args.warmup):
@@ -381,20 +383,35 @@ class Worker:
         return result
 
 
-def worker_launch(impl: str, batch: int, seq: int, heads: int, threads: int) -> tuple[Path, list[str], dict]:
+def worker_launch(impl: str, batch: int, seq: int, heads: int, threads: int,
+                  recompute: bool = False) -> tuple[Path, list[str], dict]:
     options = ["--batch", str(batch), "--seq", str(seq), "--heads", str(heads), "--threads", str(threads)]
     if impl == "titans_pytorch":
         return PEER_WORKER, options, thread_env(threads)
+    options += ["--recompute"] if recompute else []
     return Path(__file__), ["--worker", *options], {"PYTHONPATH": str(ROOT / "src"), **thread_env(threads)}
 
 
 def measure_configuration(pythons: dict, batch: int, seq: int, heads: int, warmup: int, repeats: int,
-                          threads: int) -> dict:
+                          threads: int, recompute: bool = False, memory_only: bool = False) -> dict:
     """Paired timing (implementations alternate run by run, ABBA order), then peak memory of each in a
-    fresh interpreter of its own."""
+    fresh interpreter of its own. ``memory_only`` skips the timing."""
+    results: dict = {impl: {} for impl in pythons}
+    if not memory_only:
+        results = time_configuration(pythons, batch, seq, heads, warmup, repeats, threads, recompute)
+    for impl, python in pythons.items():
+        script, options, env = worker_launch(impl, batch, seq, heads, threads, recompute)
+        results[impl]["memory"] = run_in_subprocess(python, script, [*options, "--mode", "memory"],
+                                                    {**env, **MEMORY_ENV})
+    return results
+
+
+def time_configuration(pythons: dict, batch: int, seq: int, heads: int, warmup: int, repeats: int,
+                       threads: int, recompute: bool) -> dict:
+    """Both implementations warmed up in worker processes that alternate run by run (ABBA order)."""
     workers = {}
     for impl, python in pythons.items():
-        script, options, env = worker_launch(impl, batch, seq, heads, threads)
+        script, options, env = worker_launch(impl, batch, seq, heads, threads, recompute)
         workers[impl] = Worker(python, script, [*options, "--warmup", str(warmup)], env)
     times: dict = {impl: [] for impl in workers}
     order = list(workers)
@@ -409,10 +426,6 @@ def measure_configuration(pythons: dict, batch: int, seq: int, heads: int, warmu
         results[impl]["layer"] = summary(times[impl])
         if impl == "ttmem":
             results[impl]["memorize"] = summary(memorize_times)
-    for impl, python in pythons.items():
-        script, options, env = worker_launch(impl, batch, seq, heads, threads)
-        results[impl]["memory"] = run_in_subprocess(python, script, [*options, "--mode", "memory"],
-                                                    {**env, **MEMORY_ENV})
     if len(order) == 2:
         results["paired_speedups"] = [p / o for p, o in zip(times["titans_pytorch"], times["ttmem"])]
     return results
@@ -425,7 +438,11 @@ def summary(times_ms: list[float]) -> dict:
 def summarise(entry: dict, peak_gflops: float) -> None:
     """Add ratios, target checks and the fraction of matmul peak reached (in place)."""
     ours, peer = entry.get("ttmem"), entry.get("titans_pytorch")
-    if ours:
+    if ours and peer:
+        fraction = ours["memory"]["peak_increase_mib"] / peer["memory"]["peak_increase_mib"]
+        entry["memory_fraction"] = fraction
+        entry["meets_memory_target"] = fraction <= TARGET_MEMORY_FRACTION
+    if ours and "memorize" in ours:
         flops = chunked_memory_flops([tuple(d) for d in ours["memory_dims"]], entry["batch"], entry["heads"],
                                      entry["seq"], CHUNK)["forward_backward"]
         gflops = flops / (ours["memorize"]["median_ms"] * 1e-3) / 1e9
@@ -436,13 +453,11 @@ def summarise(entry: dict, peak_gflops: float) -> None:
             "gflops": gflops,
             "fraction_of_matmul_peak": gflops / peak_gflops,
         }
-    if ours and peer:
+    if ours and peer and "layer" in ours:
         speedup = peer["layer"]["median_ms"] / ours["layer"]["median_ms"]
-        fraction = ours["memory"]["peak_increase_mib"] / peer["memory"]["peak_increase_mib"]
-        entry["speedup"], entry["memory_fraction"] = speedup, fraction
+        entry["speedup"] = speedup
         entry["median_paired_speedup"] = statistics.median(entry.pop("paired_speedups_list"))
         entry["meets_speed_target"] = speedup >= TARGET_SPEEDUP
-        entry["meets_memory_target"] = fraction <= TARGET_MEMORY_FRACTION
 
 
 def format_table(entries: list[dict]) -> str:
@@ -454,7 +469,7 @@ def format_table(entries: list[dict]) -> str:
     lines = [header, "-" * len(header)]
     for e in entries:
         ours, peer, upd = e.get("ttmem"), e.get("titans_pytorch"), e.get("memory_update", {})
-        ms = [num(r and r["layer"]["median_ms"], ".1f") for r in (ours, peer)]
+        ms = [num(r and "layer" in r and r["layer"]["median_ms"] or None, ".1f") for r in (ours, peer)]
         mib = [num(r and r["memory"]["peak_increase_mib"], ".1f") for r in (ours, peer)]
         speedup = num(e.get("speedup"), ".2f") + ("x" if "speedup" in e else "")
         lines.append(
@@ -477,6 +492,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer-python", type=Path, default=None,
                         help="python of a titans-pytorch environment (default: .venv-titans)")
     parser.add_argument("--no-setup", action="store_true", help="print the setup commands, do not run them")
+    parser.add_argument("--recompute", action="store_true",
+                        help="ttmem with per-chunk recomputation in the backward (NeuralMemory(recompute=True))")
+    parser.add_argument("--memory-only", action="store_true", help="peak memory only, no timing")
     args = parser.parse_args(argv)
     if args.repeats < 5:
         parser.error("--repeats must be at least 5")
@@ -505,22 +523,25 @@ def main(argv: list[str] | None = None) -> None:
     if load_start[0] > 0.5 * args.threads and args.threads > 1:
         print(f"warning: load average {load_start[0]:.1f} on {os.cpu_count()} cores; timings will be noisy "
               "(try --threads 1 on a shared machine)", file=sys.stderr)
-    matmul_start = run_in_subprocess(sys.executable, me, matmul, threads)
+    no_matmul = {"best_gflops": float("nan")}
+    matmul_start = no_matmul if args.memory_only else run_in_subprocess(sys.executable, me, matmul, threads)
     calibration = run_in_subprocess(sys.executable, me, ["--worker", "--mode", "calibrate"], MEMORY_ENV)
     entries = []
     for batch, seq in SHAPES:
         for heads in HEADS:
             entry: dict = {"batch": batch, "seq": seq, "dim": DIM, "heads": heads, "chunk": CHUNK}
-            results = measure_configuration(pythons, batch, seq, heads, args.warmup, args.repeats, args.threads)
+            results = measure_configuration(pythons, batch, seq, heads, args.warmup, args.repeats, args.threads,
+                                            args.recompute, args.memory_only)
             if "paired_speedups" in results:
                 entry["paired_speedups_list"] = results.pop("paired_speedups")
             entry.update(results)
             print(f"measured {(batch, seq, DIM)} heads={heads}", file=sys.stderr, flush=True)
             entries.append(entry)
-    matmul_end = run_in_subprocess(sys.executable, me, matmul, threads)
+    matmul_end = no_matmul if args.memory_only else run_in_subprocess(sys.executable, me, matmul, threads)
     peak = max(matmul_start["best_gflops"], matmul_end["best_gflops"])
     for entry in entries:
         summarise(entry, peak)
+    mode = "recompute" if args.recompute else "stored"
 
     from _titans_pytorch_worker import SEMANTIC_DIFFERENCES, TITANS_PYTORCH_CONFIG
 
@@ -536,12 +557,14 @@ def main(argv: list[str] | None = None) -> None:
         "targets": {"speedup_at_least": TARGET_SPEEDUP, "memory_fraction_at_most": TARGET_MEMORY_FRACTION},
         "titans_pytorch_config": TITANS_PYTORCH_CONFIG,
         "semantic_differences": SEMANTIC_DIFFERENCES,
+        "ttmem_backward": mode,
         "configs": entries,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s at {args.threads} thread(s); peak-memory calibration: "
           f"{calibration['peak_increase_mib']:.1f} MiB measured for a known {calibration['known_mib']:.0f} MiB")
+    print(f"ttmem backward: {mode} intermediates" + (" (peak memory only)" if args.memory_only else ""))
     print(format_table(entries))
     print(f"targets: speedup >= {TARGET_SPEEDUP}x, memory ratio <= {TARGET_MEMORY_FRACTION}; "
           f"load average {load_start[0]:.1f} -> {os.getloadavg()[0]:.1f}")
