@@ -53,9 +53,9 @@ OTHER_TEXT_SUFFIXES = (
 )
 # Learning-rate grids per trainer optimizer name (override with --grid NAME=LR,LR,...).
 DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
-    "adamw": (3e-3, 1e-2),
-    "m3": (3e-3, 1e-2),
-    "deepmomentumgd": (0.3, 1.0),
+    "adamw": (1e-3, 3e-3, 1e-2),
+    "m3": (1e-2, 3e-2),
+    "deepmomentumgd": (0.1, 0.3),
 }
 DISPLAY = {"adamw": "AdamW", "m3": "M3", "deepmomentumgd": "DeepMomentumGD", "momentumgd": "MomentumGD"}
 
@@ -286,7 +286,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--continual-optimizer", default="adamw")
     parser.add_argument("--continual-steps", type=int, default=150)
     parser.add_argument("--fisher-batches", type=int, default=16)
-    parser.add_argument("--ewc-lambdas", type=float, nargs="*", default=[1e3, 1e4, 1e5])
+    parser.add_argument("--ewc-lambdas", type=float, nargs="*", default=[1e3, 1e4, 1e5, 1e6])
     parser.add_argument("--skip-continual", action="store_true")
     args = parser.parse_args(argv)
     for name in ("steps", "batch_size", "seq_len", "eval_tokens", "threads", "continual_steps", "fisher_batches"):
