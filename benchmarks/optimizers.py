@@ -54,8 +54,8 @@ OTHER_TEXT_SUFFIXES = (
 # Learning-rate grids per trainer optimizer name (override with --grid NAME=LR,LR,...).
 DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
     "adamw": (1e-3, 3e-3, 1e-2),
-    "m3": (1e-2, 3e-2),
-    "deepmomentumgd": (0.1, 0.3),
+    "m3": (1e-2, 3e-2, 1e-1),
+    "deepmomentumgd": (0.1, 0.3, 1.0),
 }
 DISPLAY = {"adamw": "AdamW", "m3": "M3", "deepmomentumgd": "DeepMomentumGD", "momentumgd": "MomentumGD"}
 
