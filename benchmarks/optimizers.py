@@ -125,7 +125,11 @@ def train(
     start = time.perf_counter()
     try:
         result = trainer.fit()
-    except TrainingDiverged as err:
+    except (TrainingDiverged, ValueError) as err:
+        # Weights blown up by a step show up either as a non-finite loss (the trainer's check) or as
+        # the memory layers refusing non-finite inputs during the next forward pass.
+        if isinstance(err, ValueError) and "NaN or infinite" not in str(err):
+            raise
         return {"diverged": True, "error": str(err), "wall_seconds": time.perf_counter() - start,
                 "val_bpb": None, "train_seconds": None, "model": None}
     wall = time.perf_counter() - start
