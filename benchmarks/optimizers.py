@@ -214,7 +214,8 @@ def continual(
                      "forgetting_bpb": a_after - a_before, "b_val_bpb_before": b_before,
                      "b_val_bpb_after": b_after, "phase_b_train_seconds": run["train_seconds"],
                      "phase_b_wall_seconds": run["wall_seconds"], "diverged": run["diverged"],
-                     "command": command})
+                     "phase_b": "corpus B, starting from the phase-A model, trainer settings: "
+                                + command.removeprefix("ttmem train ").replace(f"data={args.data} ", "")})
         print(f"  EWC lambda={lam:<8g} forgetting={a_after - a_before:+.4f} bpb  B val={b_after:.4f}  "
               f"train {run['train_seconds'] or 0:.0f}s", flush=True)
     return {"optimizer": args.continual_optimizer, "lr": lr, "fisher_batches": args.fisher_batches,
