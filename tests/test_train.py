@@ -328,7 +328,7 @@ def test_penalty_hook_is_added_to_the_objective_and_logged(tmp_path, text_file):
     held.fit()
 
     def norm(trainer: Trainer) -> float:
-        return math.sqrt(sum(float(p.square().sum()) for p in trainer.module.parameters()))
+        return math.sqrt(sum(float(p.detach().square().sum()) for p in trainer.module.parameters()))
 
     assert norm(held) < 0.75 * norm(free)
     records = [r for r in read_log(tmp_path / "held" / "log.jsonl") if "loss" in r]
