@@ -1,287 +1,316 @@
-"""Benchmark: Nested Learning optimisers on a byte-level language model, and EWC against forgetting.
+"""Benchmark: Nested Learning optimizers through the trainer, and EWC against forgetting.
 
-Corpus: the Python standard library's own files, read as bytes from ``sysconfig.get_paths()["stdlib"]``
-(``site-packages`` excluded). Each file goes to train / val / test by a hash of its path relative to the
-stdlib root (80 / 10 / 10), so the split is deterministic for a given Python version.
+Everything runs through `ttmem.train.Trainer`, the code path of ``ttmem train optimizer=NAME lr=X ...``:
+optimizers are built by name by `ttmem.train.optim.build_optimizer`, the schedule is the trainer's
+warm-up + cosine, gradients are clipped by the trainer, and validation bits per byte is the trainer's
+own validation (the first ``eval_tokens`` tokens of the corpus's validation split). The model is a
+trainer preset (default ``mac-tiny``, Titans MAC, about 2.5M parameters) and the corpus is the
+trainer's default ``stdlib`` (the Python standard library's ``.py`` sources, split by a hash of each
+file's path). No synthetic task is mixed in (``aux_task=``): this is a language-modelling comparison.
 
-1. **Optimiser sweep.** One small causal Transformer (``build_model``, swappable for ``ttmem.models``)
-   is trained on the ``.py`` files for the same number of steps with AdamW, M3, DeepMomentumGD and
-   MomentumGD, each at a few learning rates (warm-up then cosine decay, gradient clipping 1.0, no weight
-   decay). The learning rate with the best validation bits per byte is picked; its test bits per byte and
-   training wall time are reported.
-2. **Continual learning.** Train on corpus A (``.py``), then on corpus B (the stdlib's other text files:
-   ``.txt``, ``.decTest``, ``.xml``, ...), with and without an EWC penalty whose Fisher comes from corpus
-   A. Forgetting is the increase of A's validation bits per byte during phase B.
+1. **Optimizer sweep.** Every optimizer trains the same model from the same initial weights on the
+   same batches for the same number of steps with the same schedule, at each learning rate of its
+   grid. The learning rate with the best validation bits per byte is kept; its bpb and wall time are
+   reported. Each run's equivalent ``ttmem train`` command is stored in the JSON.
+2. **Continual learning.** Phase A is the sweep's best run of ``--continual-optimizer`` on corpus A
+   (stdlib ``.py``). Phase B trains that model on corpus B (the stdlib's other text files: ``.txt``,
+   ``.decTest``, ``.xml``, ...) with the same optimizer and learning rate, once per EWC strength λ
+   (λ = 0 is plain fine-tuning). The EWC penalty (diagonal Fisher of corpus A's loss at the end of
+   phase A) enters through the trainer's ``penalty`` hook. Forgetting = corpus A's validation bpb
+   after phase B minus before it.
 
-Writes JSON to ``--out`` and prints tables. ``python benchmarks/optimizers.py --help`` lists the knobs.
+The defaults are the trainer's full-size settings (batch 16 x 128, 300 steps); smaller runs are set on
+the command line. Writes JSON to ``--out`` and prints the tables; ``--help`` lists the options.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
-import math
-import os
 import platform
-import sysconfig
+import shutil
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ttmem.optim import EWC, M3, DeepMomentumGD, MomentumGD
+from ttmem.data import Corpus, CorpusWindows, get_tokenizer, load_corpus
+from ttmem.data.batches import make_batch
+from ttmem.data.corpora import list_text_files, split_files, stdlib_root
+from ttmem.eval.metrics import lm_nll_sums, logits_of, summarize_nll, token_nll_sum
+from ttmem.optim import EWC, estimate_fisher
+from ttmem.train import Trainer, TrainingDiverged, resolve_config
+from ttmem.train.config import TrainConfig
 
-OTHER_TEXT_SUFFIXES = {
+# Corpus B: the standard library's text files that are not Python sources.
+OTHER_TEXT_SUFFIXES = (
     ".txt", ".rst", ".decTest", ".xml", ".html", ".toml", ".json", ".c", ".h", ".def", ".cfg", ".ini",
     ".csv", ".pem", ".bat", ".ps1", ".sh", ".md", ".css", ".js", ".tcl", ".xsl", ".dtd", ".in", ".py-tpl",
+)
+# Learning-rate grids per trainer optimizer name (override with --grid NAME=LR,LR,...).
+DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
+    "adamw": (1e-3, 3e-3, 1e-2),
+    "m3": (1e-2, 3e-2, 1e-1),
+    "deepmomentumgd": (0.1, 0.3, 1.0),
 }
-SPLITS = ("train", "val", "test")
-LR_GRIDS = {
-    "adamw": (1e-2, 3e-2, 1e-1),
-    "m3": (3e-3, 1e-2, 3e-2),
-    "deep_momentum": (0.3, 1.0, 3.0),
-    "momentum": (0.3, 1.0, 3.0),
-}
+DISPLAY = {"adamw": "AdamW", "m3": "M3", "deepmomentumgd": "DeepMomentumGD", "momentumgd": "MomentumGD"}
 
 
-# -- corpus ----------------------------------------------------------------------------------------
-def split_of(relative_path: str) -> str:
-    """Deterministic 80/10/10 assignment of a file to a split by the SHA-1 of its relative path."""
-    bucket = int(hashlib.sha1(relative_path.encode()).hexdigest(), 16) % 10
-    return "train" if bucket < 8 else ("val" if bucket == 8 else "test")
+# -- configuration ---------------------------------------------------------------------------------
+def shared_overrides(args: argparse.Namespace, steps: int) -> list[str]:
+    """`ttmem train` settings common to every run of this benchmark."""
+    warmup = args.warmup_steps if args.warmup_steps is not None else max(1, steps // 10)
+    return [
+        f"model={args.model}",
+        f"data={args.data}",
+        "aux_task=",
+        "baseline=none",
+        "report=false",
+        f"batch_size={args.batch_size}",
+        f"seq_len={args.seq_len}",
+        f"steps={steps}",
+        f"warmup_steps={min(warmup, steps)}",
+        f"weight_decay={args.weight_decay:g}",
+        f"eval_tokens={args.eval_tokens}",
+        f"eval_every={steps}",
+        f"ckpt_every={steps}",
+        f"log_every={max(1, steps // 10)}",
+        "keep_checkpoints=1",
+        f"seed={args.seed}",
+        f"device={args.device}",
+    ]
 
 
-def stdlib_corpus(kind: str) -> dict[str, torch.Tensor]:
-    """Bytes of the stdlib's ``.py`` files (``kind="python"``) or other text files (``"other"``) per split."""
-    root = Path(sysconfig.get_paths()["stdlib"])
-    chunks: dict[str, list[bytes]] = {split: [] for split in SPLITS}
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if d not in ("site-packages", "dist-packages", "__pycache__"))
-        for name in sorted(files):
-            path = Path(directory) / name
-            wanted = path.suffix == ".py" if kind == "python" else path.suffix in OTHER_TEXT_SUFFIXES
-            if not wanted or path.is_symlink():
-                continue
-            data = path.read_bytes()
-            if b"\x00" in data:  # binary despite the suffix
-                continue
-            chunks[split_of(path.relative_to(root).as_posix())].append(data)
-    corpus = {}
-    for split, parts in chunks.items():
-        joined = b"\n".join(parts)
-        corpus[split] = torch.frombuffer(bytearray(joined), dtype=torch.uint8).long()
-    return corpus
+def run_config(overrides: list[str], out_dir: Path) -> tuple[TrainConfig, str]:
+    """The trainer config and the equivalent command line."""
+    items = [*overrides, f"out_dir={out_dir}"]
+    return resolve_config(None, items), "ttmem train " + " ".join(items)
 
 
-def random_windows(data: torch.Tensor, batch: int, length: int, gen: torch.Generator) -> torch.Tensor:
-    """``(batch, length + 1)`` byte windows at random offsets."""
-    starts = torch.randint(0, data.numel() - length - 1, (batch,), generator=gen)
-    return torch.stack([data[s : s + length + 1] for s in starts.tolist()])
+def fresh(out_dir: Path) -> Path:
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    return out_dir
 
 
-# -- model -----------------------------------------------------------------------------------------
-class ByteTransformer(nn.Module):
-    """Embedding + learned positions + pre-norm causal Transformer encoder layers + byte head."""
-
-    def __init__(self, d_model: int, layers: int, heads: int, context: int):
-        super().__init__()
-        self.embed = nn.Embedding(256, d_model)
-        self.position = nn.Parameter(torch.randn(context, d_model) * 0.02)
-        self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=0.0, activation="gelu",
-                                       batch_first=True, norm_first=True)
-            for _ in range(layers)
-        )
-        self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, 256)
-
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(batch, time)`` bytes -> ``(batch, time, 256)`` logits."""
-        length = tokens.shape[1]
-        mask = nn.Transformer.generate_square_subsequent_mask(length)
-        h = self.embed(tokens) + self.position[:length]
-        for block in self.blocks:
-            h = block(h, src_mask=mask, is_causal=True)
-        return self.head(self.norm(h))
+# -- corpora and measurement -----------------------------------------------------------------------
+def other_text_corpus(tokenizer: str, val_fraction: float) -> Corpus:
+    """Corpus B: the stdlib's non-Python text files, split by path hash like the `stdlib` corpus."""
+    root = stdlib_root()
+    train, val = split_files(root, list_text_files(root, OTHER_TEXT_SUFFIXES), val_fraction)
+    tok = get_tokenizer(tokenizer)
+    return Corpus("stdlib-other-text", tok.name, tok.vocab_size, tok.encode(train), tok.encode(val), len(val))
 
 
-def build_model(args: argparse.Namespace) -> nn.Module:
-    """The one place the benchmark's model is made; swap for a ``ttmem.models`` preset later."""
-    torch.manual_seed(args.seed)
-    return ByteTransformer(args.d_model, args.layers, args.heads, args.seq_len)
+def validation_bpb(model: nn.Module, corpus: Corpus, config: TrainConfig) -> float:
+    """The trainer's validation measure (`Trainer.validate`, one process) on any corpus."""
+    nll, count = lm_nll_sums(model, corpus.validation, config.seq_len, 8, config.eval_tokens)
+    return summarize_nll(nll, count, corpus.bytes_per_token)["bpb"]
 
 
-def lm_loss(model: nn.Module, windows: torch.Tensor) -> torch.Tensor:
-    """Mean next-byte cross-entropy in nats."""
-    logits = model(windows[:, :-1])
-    return F.cross_entropy(logits.reshape(-1, 256), windows[:, 1:].reshape(-1))
-
-
-@torch.no_grad()
-def bits_per_byte(model: nn.Module, data: torch.Tensor, args: argparse.Namespace) -> float:
-    """Validation / test bits per byte on a fixed set of windows."""
-    gen = torch.Generator().manual_seed(1234)
-    windows = random_windows(data, args.eval_windows, args.seq_len, gen)
-    losses = [lm_loss(model, windows[i : i + 32]).item() * len(windows[i : i + 32])
-              for i in range(0, len(windows), 32)]
-    return sum(losses) / len(windows) / math.log(2)
-
-
-# -- optimisers ------------------------------------------------------------------------------------
-def make_optimizer(name: str, model: nn.Module, lr: float) -> torch.optim.Optimizer:
-    if name == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    if name == "m3":
-        # Muon convention: orthogonalise the hidden linear maps, not embeddings/head/positions/1-D.
-        hidden = [p for n, p in model.named_parameters() if n.startswith("blocks.") and p.dim() == 2]
-        other = [p for n, p in model.named_parameters() if not (n.startswith("blocks.") and p.dim() == 2)]
-        return M3([{"params": hidden}, {"params": other, "orthogonalize": False}], lr=lr)
-    if name == "deep_momentum":
-        return DeepMomentumGD(model.parameters(), lr=lr, momentum=0.9, hidden=8, inner_lr=1e-3)
-    if name == "momentum":
-        return MomentumGD(model.parameters(), lr=lr, momentum=0.9)
-    raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(LR_GRIDS)}")
-
-
-def lr_factor(step: int, total: int) -> float:
-    """Linear warm-up over 5% of the steps, then cosine decay to 10%."""
-    warmup = max(1, total // 20)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
-
-
-def train(model, optimizer, data, steps, args, seed, penalty=None) -> tuple[float, bool]:
-    """Train in place; returns (wall seconds, finished without a non-finite loss)."""
-    gen = torch.Generator().manual_seed(seed)
-    base = [group["lr"] for group in optimizer.param_groups]
+def train(
+    config: TrainConfig,
+    corpus: Corpus,
+    model: nn.Module | None = None,
+    penalty: Any = None,
+) -> dict[str, Any]:
+    """One trainer run; wall time of `fit`, training-only time, final validation, the model."""
+    records: list[dict] = []
+    trainer = Trainer(config, model=model, corpus=corpus, on_step=lambda _t, r: records.append(dict(r)),
+                      penalty=penalty)
     start = time.perf_counter()
-    for step in range(steps):
-        for group, lr in zip(optimizer.param_groups, base, strict=True):
-            group["lr"] = lr * lr_factor(step, steps)
-        loss = lm_loss(model, random_windows(data, args.batch_size, args.seq_len, gen))
-        if penalty is not None:
-            loss = loss + penalty(model)
-        if not torch.isfinite(loss):
-            return time.perf_counter() - start, False
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-    return time.perf_counter() - start, True
+    try:
+        result = trainer.fit()
+    except (TrainingDiverged, ValueError) as err:
+        # Weights blown up by a step show up either as a non-finite loss (the trainer's check) or as
+        # the memory layers refusing non-finite inputs during the next forward pass.
+        if isinstance(err, ValueError) and "NaN or infinite" not in str(err):
+            raise
+        return {"diverged": True, "error": str(err), "wall_seconds": time.perf_counter() - start,
+                "val_bpb": None, "train_seconds": None, "model": None}
+    wall = time.perf_counter() - start
+    tokens = config.steps * config.batch_size * config.seq_len
+    # tokens_per_s of the last step is measured before its validation pass: training time only.
+    train_seconds = tokens / records[-1]["tokens_per_s"]
+    return {"diverged": False, "val_bpb": result.validation["bpb"], "last_loss": result.last_loss,
+            "train_seconds": train_seconds, "wall_seconds": wall, "model": result.model}
 
 
 # -- experiments -----------------------------------------------------------------------------------
-def optimizer_sweep(args, python_corpus) -> tuple[list[dict], list[dict], dict[str, nn.Module]]:
-    """Every (optimizer, lr) run, the best run per optimizer, and the best run's trained model."""
-    runs = []
-    for name in args.optimizers:
-        for lr in LR_GRIDS[name]:
-            model = build_model(args)
-            seconds, finite = train(model, make_optimizer(name, model, lr), python_corpus["train"],
-                                    args.steps, args, seed=args.seed)
-            val = bits_per_byte(model, python_corpus["val"], args) if finite else float("nan")
-            runs.append({"optimizer": name, "lr": lr, "val_bpb": val, "train_seconds": seconds,
-                         "diverged": not finite, "model": model if finite else None})
-            print(f"  {name:14s} lr={lr:<6g} val bpb={val:.4f}  {seconds:6.1f}s", flush=True)
-    best, best_models = [], {}
-    for name in args.optimizers:
-        candidates = [r for r in runs if r["optimizer"] == name and not r["diverged"]]
-        if not candidates:
-            best.append({"optimizer": name, "lr": None, "val_bpb": None, "test_bpb": None,
-                         "train_seconds": None})
+def optimizer_sweep(args: argparse.Namespace, corpus: Corpus, grids: dict[str, tuple[float, ...]]) -> dict:
+    """Every (optimizer, lr) run, the best lr per optimizer, and the best run's model per optimizer."""
+    runs, models = [], {}
+    for name, grid in grids.items():
+        for lr in grid:
+            out_dir = fresh(Path(args.runs_dir) / f"{name}-lr{lr:g}")
+            config, command = run_config([*shared_overrides(args, args.steps), f"optimizer={name}",
+                                          f"lr={lr:g}"], out_dir)
+            run = train(config, corpus)
+            model = run.pop("model")
+            if model is not None:
+                models[(name, lr)] = model
+            runs.append({"optimizer": name, "lr": lr, **run, "command": command})
+            bpb = "diverged" if run["diverged"] else f"{run['val_bpb']:.4f}"
+            print(f"  {name:15s} lr={lr:<7g} val bpb={bpb}  train {run['train_seconds'] or 0:.0f}s "
+                  f"(wall {run['wall_seconds']:.0f}s)", flush=True)
+    best = []
+    for name, grid in grids.items():
+        done = [r for r in runs if r["optimizer"] == name and not r["diverged"]]
+        if not done:
+            best.append({"optimizer": name, "grid": list(grid), "lr": None})
             continue
-        winner = min(candidates, key=lambda r: r["val_bpb"])
-        test = bits_per_byte(winner["model"], python_corpus["test"], args)
-        best_models[name] = winner["model"]
-        best.append({**{k: v for k, v in winner.items() if k != "model"}, "test_bpb": test})
-    for run in runs:
-        run.pop("model")
-    return runs, best, best_models
+        winner = min(done, key=lambda r: r["val_bpb"])
+        edge = "low" if winner["lr"] == min(grid) else "high" if winner["lr"] == max(grid) else None
+        best.append({"optimizer": name, "grid": list(grid), "lr": winner["lr"], "val_bpb": winner["val_bpb"],
+                     "train_seconds": winner["train_seconds"], "wall_seconds": winner["wall_seconds"],
+                     "best_at_grid_edge": edge})
+    kept = {r["optimizer"]: models[(r["optimizer"], r["lr"])] for r in best if r["lr"] is not None}
+    return {"runs": runs, "best": best, "models": kept}
 
 
-def continual(args, corpus_a, corpus_b, lr, model_a: nn.Module | None) -> list[dict]:
-    """Phase A (reusing the sweep's model trained with the same optimizer and lr, if given), then B."""
-    model = model_a
-    if model is None:
-        model = build_model(args)
-        train(model, make_optimizer(args.continual_optimizer, model, lr), corpus_a["train"], args.steps, args,
-              seed=args.seed)
-    a_before = bits_per_byte(model, corpus_a["val"], args)
-    b_before = bits_per_byte(model, corpus_b["val"], args)
-    gen = torch.Generator().manual_seed(args.seed + 7)
-    fisher_batches = [(random_windows(corpus_a["train"], args.batch_size, args.seq_len, gen),)
-                      for _ in range(args.fisher_batches)]
+def fisher_batches(corpus: Corpus, config: TrainConfig, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`count` training batches of corpus A (a stream the training runs do not use)."""
+    source = CorpusWindows(corpus.train, config.seq_len, config.seed, stream=7)
+    batches = [make_batch(source, step, range(config.batch_size)) for step in range(count)]
+    return [(b.input_ids, b.targets) for b in batches]
+
+
+def mean_nll(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    inputs, targets = batch
+    return token_nll_sum(logits_of(model(inputs)), targets) / targets.numel()
+
+
+def continual(
+    args: argparse.Namespace, corpus_a: Corpus, corpus_b: Corpus, lr: float, model_a: nn.Module
+) -> dict[str, Any]:
+    """Phase B on corpus B from the phase-A model, once per EWC λ."""
+    config_probe, _ = run_config(shared_overrides(args, args.continual_steps), Path(args.runs_dir))
+    a_before = validation_bpb(model_a, corpus_a, config_probe)
+    b_before = validation_bpb(model_a, corpus_b, config_probe)
+    start = time.perf_counter()
+    fisher = estimate_fisher(model_a, fisher_batches(corpus_a, config_probe, args.fisher_batches), mean_nll,
+                             mode="per_batch")
+    fisher_seconds = time.perf_counter() - start
+    anchor = {name: p.detach().clone() for name, p in model_a.named_parameters() if name in fisher}
     rows = []
     for lam in (0.0, *args.ewc_lambdas):
-        phase_b = copy.deepcopy(model)
-        ewc = None
+        out_dir = fresh(Path(args.runs_dir) / f"continual-{args.continual_optimizer}-ewc{lam:g}")
+        config, command = run_config([*shared_overrides(args, args.continual_steps),
+                                      f"optimizer={args.continual_optimizer}", f"lr={lr:g}"], out_dir)
+        penalty = None
         if lam > 0:
-            ewc = EWC(lam=lam)
-            ewc.consolidate(phase_b, fisher_batches, lambda m, batch: lm_loss(m, batch[0]), mode="per_batch")
-        seconds, finite = train(phase_b, make_optimizer(args.continual_optimizer, phase_b, lr),
-                                corpus_b["train"], args.continual_steps, args, seed=args.seed + 1,
-                                penalty=None if ewc is None else ewc.penalty)
-        a_after = bits_per_byte(phase_b, corpus_a["val"], args) if finite else float("nan")
-        b_after = bits_per_byte(phase_b, corpus_b["val"], args) if finite else float("nan")
+            ewc = EWC(lam)
+            ewc.load_state_dict({"lam": lam, "fisher_decay": None, "tasks": [{"fisher": fisher, "anchor": anchor}]})
+            penalty = ewc.penalty
+        run = train(config, corpus_b, model=copy.deepcopy(model_a), penalty=penalty)
+        model = run.pop("model")
+        a_after = validation_bpb(model, corpus_a, config) if model is not None else float("nan")
+        b_after = run["val_bpb"] if model is not None else float("nan")
         rows.append({"ewc_lambda": lam, "a_val_bpb_before": a_before, "a_val_bpb_after": a_after,
                      "forgetting_bpb": a_after - a_before, "b_val_bpb_before": b_before,
-                     "b_val_bpb_after": b_after, "phase_b_seconds": seconds, "diverged": not finite})
-        print(f"  EWC lambda={lam:<8g} forgetting={a_after - a_before:+.4f} bpb  B val={b_after:.4f}",
-              flush=True)
-    return rows
+                     "b_val_bpb_after": b_after, "phase_b_train_seconds": run["train_seconds"],
+                     "phase_b_wall_seconds": run["wall_seconds"], "diverged": run["diverged"],
+                     "phase_b": "corpus B, starting from the phase-A model, trainer settings: "
+                                + command.removeprefix("ttmem train ").replace(f"data={args.data} ", "")})
+        print(f"  EWC lambda={lam:<8g} forgetting={a_after - a_before:+.4f} bpb  B val={b_after:.4f}  "
+              f"train {run['train_seconds'] or 0:.0f}s", flush=True)
+    return {"optimizer": args.continual_optimizer, "lr": lr, "fisher_batches": args.fisher_batches,
+            "fisher_seconds": fisher_seconds, "rows": rows}
 
 
+# -- output ----------------------------------------------------------------------------------------
 def print_tables(result: dict) -> None:
-    print("\nOptimiser comparison (byte-level LM on stdlib .py files, tuned lr)")
-    print("| optimizer | best lr | val bpb | test bpb | train time (s) |\n|---|---|---|---|---|")
+    cfg = result["config"]
+    print(f"\nOptimizers through the trainer: {cfg['model']} on {cfg['data']}, {cfg['steps']} steps, "
+          f"batch {cfg['batch_size']} x {cfg['seq_len']}")
+    print("| optimizer | lr grid | tuned lr | val bpb | train s | wall s |\n|---|---|---|---|---|---|")
     for row in result["best"]:
+        name = DISPLAY.get(row["optimizer"], row["optimizer"])
+        grid = ", ".join(f"{lr:g}" for lr in row["grid"])
         if row["lr"] is None:
-            print(f"| {row['optimizer']} | diverged at every lr | | | |")
+            print(f"| {name} | {grid} | diverged at every lr | | | |")
             continue
-        print(f"| {row['optimizer']} | {row['lr']:g} | {row['val_bpb']:.4f} | {row['test_bpb']:.4f} "
-              f"| {row['train_seconds']:.1f} |")
-    if result.get("continual"):
-        name = result["config"]["continual_optimizer"]
-        print(f"\nContinual learning ({name}, lr {result['continual_lr']:g}): .py files, then other text")
-        print("| EWC lambda | A val bpb after A | A val bpb after B | forgetting | B val bpb after B |")
-        print("|---|---|---|---|---|")
-        for row in result["continual"]:
+        edge = f" ({row['best_at_grid_edge']} end)" if row["best_at_grid_edge"] else ""
+        print(f"| {name} | {grid} | {row['lr']:g}{edge} | {row['val_bpb']:.4f} | {row['train_seconds']:.0f} "
+              f"| {row['wall_seconds']:.0f} |")
+    print("\nAll runs:\n| optimizer | lr | val bpb | train s |\n|---|---|---|---|")
+    for run in result["runs"]:
+        bpb = "diverged" if run["diverged"] else f"{run['val_bpb']:.4f}"
+        secs = f"{run['train_seconds']:.0f}" if run["train_seconds"] else ""
+        print(f"| {DISPLAY.get(run['optimizer'], run['optimizer'])} | {run['lr']:g} | {bpb} | {secs} |")
+    cont = result.get("continual")
+    if cont:
+        name = DISPLAY.get(cont["optimizer"], cont["optimizer"])
+        print(f"\nContinual learning ({name}, lr {cont['lr']:g}): A = stdlib .py ({cfg['steps']} steps), "
+              f"then B = other stdlib text ({cfg['continual_steps']} steps)")
+        print("| EWC λ | A bpb after A | A bpb after B | forgetting | B bpb before B | B bpb after B |")
+        print("|---|---|---|---|---|---|")
+        for row in cont["rows"]:
             print(f"| {row['ewc_lambda']:g} | {row['a_val_bpb_before']:.4f} | {row['a_val_bpb_after']:.4f} "
-                  f"| {row['forgetting_bpb']:+.4f} | {row['b_val_bpb_after']:.4f} |")
+                  f"| {row['forgetting_bpb']:+.4f} | {row['b_val_bpb_before']:.4f} | {row['b_val_bpb_after']:.4f} |")
+
+
+def parse_grid(items: list[str]) -> dict[str, tuple[float, ...]]:
+    grids: dict[str, tuple[float, ...]] = {}
+    for item in items:
+        name, sep, values = item.partition("=")
+        if not sep or not values:
+            raise argparse.ArgumentTypeError(f"--grid expects NAME=LR,LR,... got {item!r}")
+        lrs = tuple(float(v) for v in values.split(","))
+        if any(lr <= 0 for lr in lrs):
+            raise argparse.ArgumentTypeError(f"learning rates must be > 0 in {item!r}")
+        grids[name.strip().lower()] = lrs
+    return grids
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="benchmarks/results/optimizers.json")
-    parser.add_argument("--optimizers", nargs="+", default=list(LR_GRIDS), choices=list(LR_GRIDS))
+    parser.add_argument("--runs-dir", default="benchmarks/results/optimizer-runs",
+                        help="trainer out_dir of each run (replaced if present)")
+    parser.add_argument("--model", default="mac-tiny", help="trainer model preset")
+    parser.add_argument("--data", default="stdlib", help="corpus A (trainer data spec)")
+    parser.add_argument("--optimizers", nargs="+", default=list(DEFAULT_GRIDS),
+                        help="trainer optimizer names (any `ttmem train optimizer=` value)")
+    parser.add_argument("--grid", nargs="*", default=[], metavar="NAME=LR,LR",
+                        help="learning-rate grid for an optimizer, replacing its default")
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--seq-len", type=int, default=64)
-    parser.add_argument("--d-model", type=int, default=64)
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--eval-windows", type=int, default=256)
-    # One thread: the model is small, and intra-op threads suffer badly when the cores are shared.
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--warmup-steps", type=int, default=None, help="default: 10%% of the steps")
+    parser.add_argument("--weight-decay", type=float, default=0.0,
+                        help="decoupled decay scales with lr, so one value is unfair to SGD-scale lrs")
+    parser.add_argument("--eval-tokens", type=int, default=16384)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--continual-optimizer", default="adamw", choices=list(LR_GRIDS))
+    parser.add_argument("--continual-optimizer", default="adamw")
     parser.add_argument("--continual-steps", type=int, default=150)
     parser.add_argument("--fisher-batches", type=int, default=16)
-    parser.add_argument("--ewc-lambdas", type=float, nargs="*", default=[1e3, 1e4, 1e5])
+    parser.add_argument("--ewc-lambdas", type=float, nargs="*", default=[1e3, 1e4, 1e5, 1e6])
     parser.add_argument("--skip-continual", action="store_true")
     args = parser.parse_args(argv)
-    for name in ("steps", "batch_size", "seq_len", "d_model", "layers", "heads", "eval_windows", "threads",
-                 "continual_steps", "fisher_batches"):
+    for name in ("steps", "batch_size", "seq_len", "eval_tokens", "threads", "continual_steps", "fisher_batches"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if any(lam < 0 for lam in args.ewc_lambdas):
         parser.error("--ewc-lambdas must be >= 0")
+    try:
+        custom = parse_grid(args.grid)
+    except argparse.ArgumentTypeError as err:
+        parser.error(str(err))
+    names = [n.lower() for n in args.optimizers]
+    if not args.skip_continual and args.continual_optimizer.lower() not in names:
+        parser.error("--continual-optimizer must be one of --optimizers (phase A reuses its sweep run)")
+    missing = [n for n in names if n not in custom and n not in DEFAULT_GRIDS]
+    if missing:
+        parser.error(f"no default lr grid for {', '.join(missing)}; give one with --grid NAME=LR,LR")
+    args.grids = {n: custom.get(n, DEFAULT_GRIDS.get(n, ())) for n in names}
+    args.continual_optimizer = args.continual_optimizer.lower()
     return args
 
 
@@ -289,19 +318,29 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    python_corpus = stdlib_corpus("python")
-    print("corpus A (.py) bytes: " + ", ".join(f"{s}={python_corpus[s].numel()}" for s in SPLITS))
-    runs, best, best_models = optimizer_sweep(args, python_corpus)
-    result = {"config": vars(args), "environment": {"python": platform.python_version(),
-              "torch": torch.__version__, "threads": torch.get_num_threads()}, "runs": runs, "best": best}
+    base, _ = run_config(shared_overrides(args, args.steps), Path(args.runs_dir))
+    corpus_a = load_corpus(base.data, base.tokenizer, val_fraction=base.val_fraction, max_bytes=base.max_bytes or None)
+    print(f"corpus A ({base.data}): {len(corpus_a.train)} train / {len(corpus_a.validation)} validation tokens",
+          flush=True)
+    sweep = optimizer_sweep(args, corpus_a, args.grids)
+    result: dict[str, Any] = {
+        "config": {k: v for k, v in vars(args).items() if k != "grids"},
+        "grids": {k: list(v) for k, v in args.grids.items()},
+        "environment": {"python": platform.python_version(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads(), "numpy": np.__version__},
+        "runs": sweep["runs"],
+        "best": sweep["best"],
+    }
     if not args.skip_continual:
-        other_corpus = stdlib_corpus("other")
-        print("corpus B (other text) bytes: " + ", ".join(f"{s}={other_corpus[s].numel()}" for s in SPLITS))
-        tuned = next((r["lr"] for r in best if r["optimizer"] == args.continual_optimizer and r["lr"]), None)
-        lr = tuned if tuned is not None else LR_GRIDS[args.continual_optimizer][1]
-        model_a = best_models.get(args.continual_optimizer) if tuned is not None else None
-        result["continual"] = continual(args, python_corpus, other_corpus, lr, model_a)
-        result["continual_lr"] = lr
+        best = next(r for r in sweep["best"] if r["optimizer"] == args.continual_optimizer)
+        if best["lr"] is None:
+            print(f"{args.continual_optimizer} diverged at every lr: no continual-learning run")
+        else:
+            corpus_b = other_text_corpus(base.tokenizer, base.val_fraction)
+            print(f"corpus B (other stdlib text): {len(corpus_b.train)} train / {len(corpus_b.validation)} "
+                  "validation tokens", flush=True)
+            model_a = sweep["models"][args.continual_optimizer]
+            result["continual"] = continual(args, corpus_a, corpus_b, best["lr"], model_a)
     result["total_seconds"] = time.perf_counter() - started
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

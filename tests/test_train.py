@@ -314,3 +314,42 @@ def test_defaults_are_the_main_job_and_the_baseline_matches_it():
     assert Path(base.out_dir) == Path(cfg.out_dir) / "baseline"
     custom = baseline_config(resolve_config(None, [f"model={MODELS}:tiny_lm", "model_args.dim=16"]))
     assert custom.model_args == {}  # a factory's arguments do not carry over to a preset
+
+
+def test_penalty_hook_is_added_to_the_objective_and_logged(tmp_path, text_file):
+    extra = ("steps=3", "optimizer=sgd", "lr=0.1", "grad_clip=0", "weight_decay=0")
+    free = Trainer(tiny_config(tmp_path / "free", text_file, *extra))
+    free.fit()
+
+    def l2(module: torch.nn.Module) -> torch.Tensor:
+        return 2.0 * sum(p.square().sum() for p in module.parameters())
+
+    held = Trainer(tiny_config(tmp_path / "held", text_file, *extra), penalty=l2)
+    held.fit()
+
+    def norm(trainer: Trainer) -> float:
+        return math.sqrt(sum(float(p.detach().square().sum()) for p in trainer.module.parameters()))
+
+    assert norm(held) < 0.75 * norm(free)
+    records = [r for r in read_log(tmp_path / "held" / "log.jsonl") if "loss" in r]
+    assert len(records) == 3 and all(r["penalty"] > 0 for r in records)
+    assert all("penalty" not in r for r in read_log(tmp_path / "free" / "log.jsonl"))
+
+
+def test_m3_from_the_trainer_keeps_token_rows_out_of_orthogonalization():
+    from ttmem.train import build_from_spec
+    from ttmem.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model, _ = build_from_spec(f"{MODELS}:tiny_lm", {}, 256)
+    optimizer = build_optimizer("m3", model, 1e-2, 0.0, (0.9, 0.95))
+    flags = {id(p): g["orthogonalize"] for g in optimizer.param_groups for p in g["params"]}
+    assert flags[id(model.embed.weight)] is False and flags[id(model.head.weight)] is False
+    assert flags[id(model.mlp[0].weight)] is True
+    before = model.embed.weight.detach().clone()
+    ids = torch.randint(0, 8, (2, 16))  # tokens 0..7 only: the other embedding rows get no gradient
+    logits = model(ids)
+    torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 256), ids[:, 1:].reshape(-1)).backward()
+    optimizer.step()
+    assert torch.equal(model.embed.weight[8:], before[8:])
+    assert not torch.equal(model.embed.weight[:8], before[:8])

@@ -13,6 +13,11 @@ Design choices:
   every process stops after the same step, then rank 0 writes a checkpoint. A non-finite loss or
   gradient stops before the optimizer step: no bad weights are ever saved, and no existing
   checkpoint is removed.
+- Penalty hook. `penalty(module)`, when given, is a scalar added to the training objective once per
+  optimizer step (e.g. `ttmem.optim.EWC(...).penalty` for continual learning). It is computed on the
+  unwrapped module and added to the last micro-batch's loss, so under DDP every process adds the same
+  term and gradient averaging leaves its gradient unchanged. The logged `loss` stays the data loss;
+  the penalty is logged as `penalty`. The callable is not checkpointed: pass it again on resume.
 """
 
 from __future__ import annotations
@@ -116,9 +121,12 @@ class Trainer:
         corpus: Corpus | None = None,
         progress: bool = False,
         on_step: Callable[[Trainer, dict], None] | None = None,
+        penalty: Callable[[nn.Module], torch.Tensor] | None = None,
     ) -> None:
         validate(config)
         self.config, self.progress, self.on_step = config, progress, on_step
+        self.penalty = penalty
+        self.last_penalty: float | None = None
         self.out_dir = Path(config.out_dir)
         self._stop_reason: str | None = None
         self.device = pick_device(config.device, DistEnv())
@@ -130,6 +138,8 @@ class Trainer:
                 f"batch_size={config.batch_size} must be divisible by processes x grad_accum = "
                 f"{self.env.world} x {config.grad_accum}"
             )
+        if penalty is not None and self.env.world > 1 and config.distributed == "fsdp":
+            raise ValueError("a training penalty needs whole parameters; use distributed=ddp with penalty=")
         self.rows = range(self.env.rank * per_rank, (self.env.rank + 1) * per_rank)
         self.corpus = corpus or load_corpus(
             config.data,
@@ -245,10 +255,17 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         self.model.train()
         for i, batch in enumerate(batches):
-            sync = i == len(batches) - 1 or not hasattr(self.model, "no_sync")
-            with contextlib.nullcontext() if sync else self.model.no_sync(), self._autocast():
-                nll = token_nll_sum(logits_of(self.model(batch.input_ids)), batch.targets)
-            (nll * scale).backward()
+            last = i == len(batches) - 1
+            sync = last or not hasattr(self.model, "no_sync")
+            with contextlib.nullcontext() if sync else self.model.no_sync():
+                with self._autocast():
+                    nll = token_nll_sum(logits_of(self.model(batch.input_ids)), batch.targets)
+                objective = nll * scale
+                if last and self.penalty is not None:
+                    penalty = self.penalty(self.module)
+                    self.last_penalty = float(penalty.detach())
+                    objective = objective + penalty
+                objective.backward()
             loss_sum += nll.detach().double()
         loss = float(all_reduce_sum(loss_sum, self.env)) / max(global_count, 1.0)
         norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
@@ -351,6 +368,8 @@ class Trainer:
                     "grad_norm": grad_norm,
                     "tokens": self.step * tokens_per_step,
                 }
+                if self.last_penalty is not None:
+                    record["penalty"] = self.last_penalty
                 elapsed = time.perf_counter() - start
                 record["tokens_per_s"] = (self.step - start_step) * tokens_per_step / max(elapsed, 1e-9)
                 if logger and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
