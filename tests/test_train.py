@@ -175,6 +175,28 @@ def test_nan_loss_stops_and_keeps_checkpoints(tmp_path, text_file):
     assert all(torch.isfinite(t).all() for t in ckpt.load_checkpoint(found[0][1])["model"].values())
 
 
+def test_non_finite_weights_after_a_step_stop_the_run(tmp_path, text_file):
+    """An optimizer step that overflows the weights (finite loss and gradients) stops the run before any
+    checkpoint of them is written; earlier checkpoints stay."""
+    trainer = Trainer(tiny_config(tmp_path / "o", text_file, "ckpt_every=1", "keep_checkpoints=5"))
+    real_step, calls = trainer.optimizer.step, []
+
+    def overflowing_step(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            with torch.no_grad():
+                next(trainer.model.parameters()).view(-1)[0] = float("inf")
+        return out
+
+    trainer.optimizer.step = overflowing_step
+    with pytest.raises(TrainingDiverged, match="diverged at step 3: the adamw step made weights non-finite.*kept"):
+        trainer.fit()
+    found = ckpt.list_checkpoints(tmp_path / "o" / "checkpoints")
+    assert [s for s, _ in found] == [1, 2]
+    assert all(torch.isfinite(t).all() for t in ckpt.load_checkpoint(found[-1][1])["model"].values())
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -280,9 +280,27 @@ class Trainer:
             )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self._weights_not_finite():  # an optimizer can overflow on finite gradients; never checkpoint that
+            latest = ckpt.latest_checkpoint(self.checkpoint_dir)
+            kept = f"last checkpoint kept: {latest}" if latest else "no checkpoint had been written yet"
+            raise TrainingDiverged(
+                f"training diverged at step {self.step + 1}: the {self.config.optimizer} step made weights "
+                f"non-finite (loss={loss}, grad_norm={grad_norm}); {kept}; lower lr"
+            )
         self.scheduler.step()
         self.step += 1
         return loss, grad_norm
+
+    def _weights_not_finite(self) -> bool:
+        """Whether any process holds a non-finite weight (the same answer on every process)."""
+        bad = False
+        for p in self.model.parameters():
+            local = p.to_local() if hasattr(p, "to_local") else p  # FSDP: this process's shard
+            if not bool(torch.isfinite(local.detach()).all()):
+                bad = True
+                break
+        flag = torch.tensor([float(bad)], dtype=torch.float64, device=self.device)
+        return bool(all_reduce_sum(flag, self.env)[0] > 0)
 
     def _stop_agreed(self) -> bool:
         """Whether any process was asked to stop (the same answer on every process)."""
