@@ -175,6 +175,7 @@ def test_nan_loss_stops_and_keeps_checkpoints(tmp_path, text_file):
     assert all(torch.isfinite(t).all() for t in ckpt.load_checkpoint(found[0][1])["model"].values())
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)` has been overridden")
 def test_non_finite_weights_after_a_step_stop_the_run(tmp_path, text_file):
     """An optimizer step that overflows the weights (finite loss and gradients) stops the run before any
     checkpoint of them is written; earlier checkpoints stay."""
