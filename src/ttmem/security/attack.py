@@ -20,6 +20,8 @@ The attacker continues from its own guesses (errors propagate, as they would for
 
 from __future__ import annotations
 
+import http.client
+import json
 import random
 import threading
 import time
@@ -27,7 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ttmem.security import stats
-from ttmem.security.server import post_json
 
 
 @dataclass
@@ -39,6 +40,9 @@ class AttackResult:
     guesses_ttft: list[int] = field(default_factory=list)
     requests: int = 0
     latencies_ns: list[tuple[int, bool]] = field(default_factory=list)  # (latency, candidate was correct)
+    # per round: the blocker was answered before every candidate request had been sent, so the server may
+    # have served early candidates without seeing the others (the round's order then says little)
+    blocker_early: list[bool] = field(default_factory=list)
 
     @property
     def correct_order(self) -> int:
@@ -49,15 +53,30 @@ class AttackResult:
         return sum(g == t for g, t in zip(self.guesses_ttft, self.truth, strict=True))
 
 
-def _fire(host: str, port: int, payloads: list[dict], timeout: float) -> list[tuple[int, int, int]]:
-    """Send payloads concurrently; return (status, finish time ns, latency ns) per payload."""
-    results: list[tuple[int, int, int]] = [(0, 0, 0)] * len(payloads)
+def _post_timed(host: str, port: int, payload: dict, timeout: float) -> tuple[int, int, int, int]:
+    """POST /generate on a fresh connection: (status, sent time ns, answered time ns, latency ns)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        start = time.perf_counter_ns()
+        body = json.dumps(payload).encode()
+        conn.request("POST", "/generate", body=body, headers={"Content-Type": "application/json"})
+        sent = time.perf_counter_ns()
+        resp = conn.getresponse()
+        resp.read()
+        done = time.perf_counter_ns()
+    finally:
+        conn.close()
+    return resp.status, sent, done, done - start
+
+
+def _fire(host: str, port: int, payloads: list[dict], timeout: float) -> list[tuple[int, int, int, int]]:
+    """Send payloads concurrently; return (status, sent time ns, finish time ns, latency ns) per payload."""
+    results: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)] * len(payloads)
     barrier = threading.Barrier(len(payloads))
 
     def one(i: int) -> None:
         barrier.wait(timeout)
-        status, _, elapsed = post_json(host, port, "/generate", payloads[i], timeout)
-        results[i] = (status, time.perf_counter_ns(), elapsed)
+        results[i] = _post_timed(host, port, payloads[i], timeout)
 
     threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(payloads))]
     for t in threads:
@@ -106,9 +125,12 @@ def promptpeek(
             "prompt": [rng.randrange(vocab_size) for _ in range(blocker_tokens)],
             "max_new_tokens": blocker_new_tokens,
         }
-        blocker_thread = threading.Thread(
-            target=post_json, args=(host, port, "/generate", blocker, timeout_s), daemon=True
-        )
+        blocker_done: list[int] = []
+
+        def run_blocker(payload: dict = blocker, done: list[int] = blocker_done) -> None:
+            done.append(_post_timed(host, port, payload, timeout_s)[2])
+
+        blocker_thread = threading.Thread(target=run_blocker, daemon=True)
         blocker_thread.start()
         time.sleep(settle_s)
         order = list(cands)
@@ -120,13 +142,14 @@ def promptpeek(
         outcomes = _fire(host, port, payloads, timeout_s)
         blocker_thread.join(timeout_s)
         result.requests += 1 + len(order)
-        if any(status != 200 for status, _, _ in outcomes):
-            raise RuntimeError(f"server refused attack requests: {[s for s, _, _ in outcomes]}")
-        first = min(range(len(order)), key=lambda i: outcomes[i][1])
-        fastest = min(range(len(order)), key=lambda i: outcomes[i][2])
+        if any(o[0] != 200 for o in outcomes) or not blocker_done:
+            raise RuntimeError(f"server refused attack requests: {[o[0] for o in outcomes]}")
+        first = min(range(len(order)), key=lambda i: outcomes[i][2])
+        fastest = min(range(len(order)), key=lambda i: outcomes[i][3])
         result.guesses_order.append(order[first])
         result.guesses_ttft.append(order[fastest])
-        result.latencies_ns += [(outcomes[i][2], order[i] == truth[pos]) for i in range(len(order))]
+        result.latencies_ns += [(outcomes[i][3], order[i] == truth[pos]) for i in range(len(order))]
+        result.blocker_early.append(blocker_done[0] < max(o[1] for o in outcomes))
         recovered.append(order[first])
     return result
 
@@ -145,6 +168,7 @@ class AttackSummary:
     secrets_fully_recovered: float
     capacity_bits_per_request: float
     capacity_null_bits: float
+    blocker_early_fraction: float  # rounds whose blocker was answered before all candidates were sent
 
 
 def summarize_attacks(results: Sequence[AttackResult], candidates_per_position: float) -> AttackSummary:
@@ -170,4 +194,5 @@ def summarize_attacks(results: Sequence[AttackResult], candidates_per_position: 
         sum(r.correct_order == len(r.truth) for r in results) / len(results),
         cap.bits_per_request,
         cap.null_bits,
+        sum(sum(r.blocker_early) for r in results) / max(1, sum(len(r.blocker_early) for r in results)),
     )
