@@ -2,6 +2,7 @@
 
 import random
 import sys
+import time
 
 import pytest
 import torch
@@ -61,3 +62,32 @@ def test_attack_argument_checks():
         promptpeek("127.0.0.1", 1, [1], [[1, 2]], [1, 2], VOCAB)
     with pytest.raises(ValueError, match="two tokens"):
         promptpeek("127.0.0.1", 1, [1], [[1]], [1], VOCAB)
+
+
+class _SlowBackend(TinyLMBackend):
+    """TinyLM whose every extend call takes at least 2 ms, so the blocker's duration is known."""
+
+    def extend(self, state, tokens):
+        time.sleep(0.002)
+        return super().extend(state, tokens)
+
+
+@pytest.mark.parametrize("blocker_new_tokens, settle_s, early", [(1, 0.1, True), (100, 0.02, False)])
+def test_rounds_with_a_blocker_that_ended_early_are_flagged(blocker_new_tokens, settle_s, early):
+    # A 1-token blocker (about 4 ms) is answered long before candidates sent after 100 ms; a 100-token
+    # blocker (at least 200 ms) is still running when candidates are sent after 20 ms.
+    backend = _SlowBackend(TinyLM(vocab_size=VOCAB, dim=16, depth=1, heads=2, mixer="attention"))
+    with serve(ServingEngine(backend, mode="shared", max_new_tokens=128)) as srv:
+        result = promptpeek(
+            srv.host,
+            srv.port,
+            [3, 4, 5],
+            [[1, 2], [6, 7]],
+            [1, 6],
+            VOCAB,
+            blocker_new_tokens=blocker_new_tokens,
+            candidate_new_tokens=1,
+            settle_s=settle_s,
+        )
+    assert result.blocker_early == [early, early]
+    assert summarize_attacks([result], 2).blocker_early_fraction == float(early)
