@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from ttmem.security.attack import promptpeek, summarize_attacks
+from ttmem.security.attack import AttackResult, promptpeek, summarize_attacks
 from ttmem.security.backends import TinyLM, TinyLMBackend
 from ttmem.security.server import ServingEngine, post_json, serve
 
@@ -91,3 +91,22 @@ def test_rounds_with_a_blocker_that_ended_early_are_flagged(blocker_new_tokens, 
         )
     assert result.blocker_early == [early, early]
     assert summarize_attacks([result], 2).blocker_early_fraction == float(early)
+
+
+def test_order_channel_capacity_is_one_bit_when_the_correct_answer_always_comes_first():
+    # Correct candidate always first, wrong ones spread over the other places: the two inputs give
+    # disjoint outputs, a noiseless binary channel of capacity log2(2) = 1 bit.
+    rng = random.Random(0)
+    results = []
+    for _ in range(30):
+        r = AttackResult([0, 0], [0, 0], [0, 0], 18, [(1, True), (2, False)] * 9)
+        r.ranks = [(0, True)] + [(p, False) for p in range(1, 8)] + [(0, True)] + [(p, False) for p in range(1, 8)]
+        results.append(r)
+    perfect = summarize_attacks(results, 8)
+    assert perfect.order_capacity_bits_per_request == pytest.approx(1.0, abs=1e-6)
+    for r in results:  # the correct candidate at a uniformly random place: no channel beyond the null
+        places = list(range(8))
+        rng.shuffle(places)
+        r.ranks = [(p, i == 0) for i, p in enumerate(places)] + [(p, i == 0) for i, p in enumerate(places[::-1])]
+    chance = summarize_attacks(results, 8)
+    assert chance.order_capacity_bits_per_request < 0.25

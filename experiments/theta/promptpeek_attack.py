@@ -6,7 +6,8 @@ For each of --victims victims a random template and secret are drawn; the victim
 ``template + secret + suffix``; the attacker, knowing the template and a candidate list per secret
 position (the true token among --candidates), recovers the secret token by token. Reports accuracy
 (response order and TTFT guesses) with 95% Wilson intervals, chance, requests per token, fully
-recovered secrets, the capacity (bits per request) of the latency channel, and the fraction of rounds
+recovered secrets, the capacity (bits per request) of the latency channel and of the answer-order
+channel (candidate correct -> its place among the round's answers), and the fraction of rounds
 whose blocker was answered before all candidates were sent (such rounds can fail on a loaded machine:
 raise --blocker-new-tokens and --settle-s). Saves
 runs/theta/promptpeek_attack.png/.json.
@@ -97,6 +98,7 @@ def main() -> None:
                 s.requests_per_token,
                 s.secrets_fully_recovered,
                 f"{s.capacity_bits_per_request:.3f} (null {s.capacity_null_bits:.3f})",
+                f"{s.order_capacity_bits_per_request:.3f} (null {s.order_capacity_null_bits:.3f})",
                 f"{s.blocker_early_fraction:.3f}",
             ]
         )
@@ -127,6 +129,7 @@ def main() -> None:
                 "requests/token",
                 "secrets fully recovered",
                 "latency channel bits/request",
+                "answer-order channel bits/request",
                 "rounds with blocker done early",
             ],
             rows,

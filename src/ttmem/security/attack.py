@@ -40,6 +40,7 @@ class AttackResult:
     guesses_ttft: list[int] = field(default_factory=list)
     requests: int = 0
     latencies_ns: list[tuple[int, bool]] = field(default_factory=list)  # (latency, candidate was correct)
+    ranks: list[tuple[int, bool]] = field(default_factory=list)  # (place in the round's answer order, correct)
     # per round: the blocker was answered before every candidate request had been sent, so the server may
     # have served early candidates without seeing the others (the round's order then says little)
     blocker_early: list[bool] = field(default_factory=list)
@@ -149,6 +150,8 @@ def promptpeek(
         result.guesses_order.append(order[first])
         result.guesses_ttft.append(order[fastest])
         result.latencies_ns += [(outcomes[i][3], order[i] == truth[pos]) for i in range(len(order))]
+        answered = sorted(range(len(order)), key=lambda i: outcomes[i][2])
+        result.ranks += [(place, order[i] == truth[pos]) for place, i in enumerate(answered)]
         result.blocker_early.append(blocker_done[0] < max(o[1] for o in outcomes))
         recovered.append(order[first])
     return result
@@ -169,6 +172,8 @@ class AttackSummary:
     capacity_bits_per_request: float
     capacity_null_bits: float
     blocker_early_fraction: float  # rounds whose blocker was answered before all candidates were sent
+    order_capacity_bits_per_request: float  # channel (candidate correct?) -> place in the answer order
+    order_capacity_null_bits: float
 
 
 def summarize_attacks(results: Sequence[AttackResult], candidates_per_position: float) -> AttackSummary:
@@ -183,6 +188,14 @@ def summarize_attacks(results: Sequence[AttackResult], candidates_per_position: 
         "wrong": [t for t, ok in lat if not ok],
     }
     cap = stats.timing_capacity(samples, permutations=50)
+    ranks = [x for r in results for x in r.ranks]
+    per_round = max(2, round(len(ranks) / max(1, sum(len(r.guesses_order) for r in results))))
+    # as many bins as places in a round: the places are uniform over all requests, so each gets its own bin
+    order_cap = stats.timing_capacity(
+        {"correct": [p for p, ok in ranks if ok], "wrong": [p for p, ok in ranks if not ok]},
+        bins=per_round,
+        permutations=50,
+    )
     return AttackSummary(
         tokens,
         k_order / tokens,
@@ -195,4 +208,6 @@ def summarize_attacks(results: Sequence[AttackResult], candidates_per_position: 
         cap.bits_per_request,
         cap.null_bits,
         sum(sum(r.blocker_early) for r in results) / max(1, sum(len(r.blocker_early) for r in results)),
+        order_cap.bits_per_request,
+        order_cap.null_bits,
     )
