@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import random
 import threading
 import time
@@ -189,13 +190,12 @@ def summarize_attacks(results: Sequence[AttackResult], candidates_per_position: 
     }
     cap = stats.timing_capacity(samples, permutations=50)
     ranks = [x for r in results for x in r.ranks]
-    per_round = max(2, round(len(ranks) / max(1, sum(len(r.guesses_order) for r in results))))
-    # as many bins as places in a round: the places are uniform over all requests, so each gets its own bin
-    order_cap = stats.timing_capacity(
-        {"correct": [p for p, ok in ranks if ok], "wrong": [p for p, ok in ranks if not ok]},
-        bins=per_round,
-        permutations=50,
-    )
+    by_truth = {"correct": [p for p, ok in ranks if ok], "wrong": [p for p, ok in ranks if not ok]}
+    order_cap = stats.Capacity(math.nan, math.nan, 0)  # results without recorded answer places
+    if min(len(v) for v in by_truth.values()) >= 2:
+        per_round = max(2, round(len(ranks) / max(1, sum(len(r.guesses_order) for r in results))))
+        # as many bins as places in a round: the places are uniform over all requests, so each gets its own bin
+        order_cap = stats.timing_capacity(by_truth, bins=per_round, permutations=50)
     return AttackSummary(
         tokens,
         k_order / tokens,
