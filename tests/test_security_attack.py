@@ -25,11 +25,11 @@ def responsive_threads():
     torch.set_num_threads(old_threads)
 
 
-def _attack(mixer: str, mode: str, victims: int = 3, secret_len: int = 4):
+def _attack(mixer: str, mode: str, victims: int = 3, secret_len: int = 4, **attack_kwargs):
     backend = TinyLMBackend(TinyLM(vocab_size=VOCAB, dim=32, depth=2, heads=4, mixer=mixer))
     rng = random.Random(0)
     results = []
-    with serve(ServingEngine(backend, mode=mode, max_new_tokens=256)) as srv:
+    with serve(ServingEngine(backend, mode=mode, max_new_tokens=1024)) as srv:
         for v in range(victims):
             template = [rng.randrange(VOCAB) for _ in range(10)]
             secret = [rng.randrange(VOCAB) for _ in range(secret_len)]
@@ -40,14 +40,19 @@ def _attack(mixer: str, mode: str, victims: int = 3, secret_len: int = 4):
                 candidates.append(c)
             victim = {"user": "victim", "prompt": template + secret + [1, 2], "max_new_tokens": 1}
             assert post_json(srv.host, srv.port, "/generate", victim)[0] == 200
-            results.append(promptpeek(srv.host, srv.port, template, candidates, secret, VOCAB, seed=v))
+            results.append(
+                promptpeek(srv.host, srv.port, template, candidates, secret, VOCAB, seed=v, **attack_kwargs)
+            )
     return summarize_attacks(results, 4), results
 
 
 def test_attack_recovers_secret_from_shared_prefix_cache():
-    summary, results = _attack("attention", "shared")
+    # The blocker must still run when the last candidate arrives; a 128-token blocker of this small model
+    # ended first in up to two thirds of the rounds on an idle machine.
+    summary, results = _attack("attention", "shared", blocker_new_tokens=1024, settle_s=0.05)
     assert summary.tokens == 12 and summary.requests_per_token == 5.0
-    assert summary.accuracy_order >= 10 / 12
+    early = summary.blocker_early_fraction
+    assert summary.accuracy_order >= 10 / 12, f"blocker answered early in {early:.0%} of rounds"
     assert summary.ci_order[0] > summary.chance
 
 

@@ -72,9 +72,10 @@ def main() -> None:
     p.add_argument("--template-len", type=int, default=24)
     p.add_argument("--secret-len", type=int, default=8)
     p.add_argument("--candidates", type=int, default=8)
-    p.add_argument("--blocker-new-tokens", type=int, default=128)
+    # a blocker of 128 tokens and a 0.02 s settle lost whole secrets in some runs on a shared 2-core machine
+    p.add_argument("--blocker-new-tokens", type=int, default=512)
     p.add_argument("--candidate-new-tokens", type=int, default=16)
-    p.add_argument("--settle-s", type=float, default=0.02, help="pause between the blocker and the candidates")
+    p.add_argument("--settle-s", type=float, default=0.1, help="pause between the blocker and the candidates")
     p.add_argument("--modes", nargs="+", choices=["shared", "isolated"], default=["shared", "isolated"])
     args = p.parse_args()
     out = setup(args)
