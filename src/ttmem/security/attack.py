@@ -104,10 +104,12 @@ def promptpeek(
 ) -> AttackResult:
     """Recover ``len(candidates)`` secret tokens following ``template``; ``truth`` is only used for scoring.
 
-    The blocker must outlast the firing of all candidates and consecutive candidate answers must be further
-    apart than the client's jitter: raise ``blocker_new_tokens`` / ``candidate_new_tokens`` on a loaded machine
-    (the server's ``max_new_tokens`` must allow them). Rounds are not repeated for a vote: the attacker's own
-    requests are cached after the first round and would tie with the victim's prompt.
+    The blocker must outlast the firing of all candidates (``AttackResult.blocker_early`` flags the rounds
+    where it did not, which happens when the server is fast relative to the client) and consecutive candidate
+    answers must be further apart than the client's jitter: raise ``blocker_new_tokens`` / ``settle_s`` /
+    ``candidate_new_tokens`` accordingly (the server's ``max_new_tokens`` must allow them). Rounds are not
+    repeated for a vote: the attacker's own requests are cached after the first round and would tie with the
+    victim's prompt.
     """
     if len(candidates) != len(truth) or not candidates:
         raise ValueError("candidates must have one non-empty list per secret token (same length as truth)")
