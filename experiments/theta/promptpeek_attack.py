@@ -6,7 +6,10 @@ For each of --victims victims a random template and secret are drawn; the victim
 ``template + secret + suffix``; the attacker, knowing the template and a candidate list per secret
 position (the true token among --candidates), recovers the secret token by token. Reports accuracy
 (response order and TTFT guesses) with 95% Wilson intervals, chance, requests per token, fully
-recovered secrets, and the capacity (bits per request) of the latency channel. Saves
+recovered secrets, the capacity (bits per request) of the latency channel and of the answer-order
+channel (candidate correct -> its place among the round's answers), and the fraction of rounds
+whose blocker was answered before all candidates were sent (such rounds can fail on a loaded machine:
+raise --blocker-new-tokens and --settle-s). Saves
 runs/theta/promptpeek_attack.png/.json.
 
     PYTHONPATH=src python experiments/theta/promptpeek_attack.py [--kv-model PRESET --theta-model PRESET]
@@ -27,7 +30,8 @@ from ttmem.security.server import SubprocessServer, post_json
 def attack_server(name: str, mode: str, args) -> tuple:
     rng = random.Random(args.seed)
     results = []
-    with SubprocessServer(name, mode=mode, max_new_tokens=256, lifetime_s=1800) as srv:
+    cap = max(256, args.blocker_new_tokens, args.candidate_new_tokens)
+    with SubprocessServer(name, mode=mode, max_new_tokens=cap, lifetime_s=1800) as srv:
         for victim in range(args.victims):
             template = [rng.randrange(args.vocab) for _ in range(args.template_len)]
             secret = [rng.randrange(args.vocab) for _ in range(args.secret_len)]
@@ -43,7 +47,18 @@ def attack_server(name: str, mode: str, args) -> tuple:
             if status != 200:
                 raise RuntimeError(f"victim request failed with {status}")
             results.append(
-                promptpeek(srv.host, srv.port, template, candidates, secret, args.vocab, seed=args.seed + victim)
+                promptpeek(
+                    srv.host,
+                    srv.port,
+                    template,
+                    candidates,
+                    secret,
+                    args.vocab,
+                    blocker_new_tokens=args.blocker_new_tokens,
+                    candidate_new_tokens=args.candidate_new_tokens,
+                    settle_s=args.settle_s,
+                    seed=args.seed + victim,
+                )
             )
     return summarize_attacks(results, args.candidates), results
 
@@ -57,14 +72,18 @@ def main() -> None:
     p.add_argument("--template-len", type=int, default=24)
     p.add_argument("--secret-len", type=int, default=8)
     p.add_argument("--candidates", type=int, default=8)
-    p.add_argument("--blocker-new-tokens", type=int, default=128)
+    # a blocker of 128 tokens and a 0.02 s settle lost whole secrets in some runs on a shared 2-core machine
+    p.add_argument("--blocker-new-tokens", type=int, default=512)
     p.add_argument("--candidate-new-tokens", type=int, default=16)
+    p.add_argument("--settle-s", type=float, default=0.1, help="pause between the blocker and the candidates")
+    p.add_argument("--modes", nargs="+", choices=["shared", "isolated"], default=["shared", "isolated"])
     args = p.parse_args()
     out = setup(args)
     servers = {
         "prefix cache (shared, LPM)": (args.kv_model or f"tiny-attention:{args.vocab}", "shared"),
         "θ-memory (isolated)": (args.theta_model or f"tiny-theta:{args.vocab}", "isolated"),
     }
+    servers = {label: v for label, v in servers.items() if v[1] in args.modes}
     rows, dump, lat = [], {}, {}
     for label, (name, mode) in servers.items():
         summary, results = attack_server(name, mode, args)
@@ -80,9 +99,20 @@ def main() -> None:
                 s.requests_per_token,
                 s.secrets_fully_recovered,
                 f"{s.capacity_bits_per_request:.3f} (null {s.capacity_null_bits:.3f})",
+                f"{s.order_capacity_bits_per_request:.3f} (null {s.order_capacity_null_bits:.3f})",
+                f"{s.blocker_early_fraction:.3f}",
             ]
         )
-        dump[label] = {"server": name, "mode": mode, **asdict(summary)}
+        dump[label] = {
+            "server": name,
+            "mode": mode,
+            **asdict(summary),
+            # per victim: where the first wrong guess happened (errors propagate to later positions)
+            "first_error_position": [
+                next((i for i, (g, t) in enumerate(zip(r.guesses_order, r.truth, strict=True)) if g != t), None)
+                for r in results
+            ],
+        }
         lat[label] = results
     print(
         f"{args.victims} victims x {args.secret_len} secret tokens, {args.candidates} candidates per position, "
@@ -100,12 +130,14 @@ def main() -> None:
                 "requests/token",
                 "secrets fully recovered",
                 "latency channel bits/request",
+                "answer-order channel bits/request",
+                "rounds with blocker done early",
             ],
             rows,
         )
     )
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, (label, results) in zip(axes, lat.items(), strict=True):
+    fig, axes = plt.subplots(1, len(lat), figsize=(5 * len(lat), 4), squeeze=False)
+    for ax, (label, results) in zip(axes[0], lat.items(), strict=True):
         ok = np.array([t for r in results for t, c in r.latencies_ns if c]) / 1e6
         bad = np.array([t for r in results for t, c in r.latencies_ns if not c]) / 1e6
         bins = np.linspace(0, np.quantile(np.concatenate([ok, bad]), 0.99), 40)

