@@ -149,3 +149,49 @@ def mqar_accuracy_by_distance(
 def chance_accuracy(recipe: MQARRecipe) -> float:
     """Accuracy of guessing a value uniformly: values are drawn from the upper half of the vocabulary."""
     return 1.0 / (recipe.vocab_size - recipe.vocab_size // 2)
+
+
+def compare_recall_past_window(
+    archs: tuple[str, ...] = ("deltanet", "swa_transformer"),
+    recipe: MQARRecipe | None = None,
+    dim: int = 64,
+    depth: int = 2,
+    heads: int = 2,
+    window: int = 16,
+    chunk_size: int = 32,
+    log_every: int = 0,
+) -> dict[str, dict[str, float | int]]:
+    """Train each architecture (its ``-tiny`` preset narrowed to dim/depth/heads, the recipe's vocabulary)
+    from torch seed ``recipe.seed`` on the same MQAR batches, then score held-out queries near and beyond
+    the sliding-window stack's reach ``depth * window``. Returns {arch: accuracies, counts, parameters,
+    train seconds, final loss}."""
+    from ttmem.models import build_model, count_parameters
+
+    recipe = recipe or MQARRecipe()
+    reach = depth * window
+    results: dict[str, dict[str, float | int]] = {}
+    for arch in archs:
+        torch.manual_seed(recipe.seed)
+        model = build_model(
+            f"{arch}-tiny",
+            vocab_size=recipe.vocab_size,
+            dim=dim,
+            depth=depth,
+            heads=heads,
+            window=window,
+            chunk_size=chunk_size,
+        )
+        if log_every:
+            print(f"{arch}: {count_parameters(model):,} parameters", flush=True)
+        start = time.perf_counter()
+        losses = train_mqar(model, recipe, log_every)
+        seconds = time.perf_counter() - start
+        scores = mqar_accuracy_by_distance(model, recipe, reach)
+        results[arch] = {
+            **scores,
+            "reach": reach,
+            "parameters": count_parameters(model),
+            "train_seconds": seconds,
+            "final_loss": float(np.mean(losses[-20:])),
+        }
+    return results
