@@ -38,10 +38,10 @@ class MQARRecipe:
     seq_len: int = 256
     num_kv_pairs: int = 8
     vocab_size: int = 64
-    steps: int = 600
+    steps: int = 400
     batch_size: int = 32
-    lr: float = 3e-3
-    warmup: int = 50
+    lr: float = 1e-2
+    warmup: int = 30
     weight_decay: float = 0.1
     eval_examples: int = 256
     seed: int = 0
