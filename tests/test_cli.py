@@ -71,9 +71,11 @@ def test_train_report_eval_generate_bench_info(tmp_path, corpus, capsys):
     assert "steps: 4" in (out / "baseline" / "config.yaml").read_text()
     # Running again with --resume reuses both finished runs: no new training steps.
     baseline_steps = [r for r in read_log(out / "baseline" / "log.jsonl") if "loss" in r]
-    code, _, stderr = run([*args, "--resume"], capsys)
+    code, again, stderr = run([*args, "--resume"], capsys)
     assert code == 0, stderr
     assert [r for r in read_log(out / "baseline" / "log.jsonl") if "loss" in r] == baseline_steps
+    main_last = [r for r in read_log(out / "log.jsonl") if "loss" in r][-1]["loss"]
+    assert f"4 steps, final loss {main_last:.4f}" in again  # the logged loss, not NaN
     # eval --compare on the same data: one table, one row per model.
     code, stdout, stderr = run(
         [

@@ -57,7 +57,7 @@ from ttmem.train.distributed import (
     unwrap,
     wrap_model,
 )
-from ttmem.train.logs import RunLogger, truncate_log
+from ttmem.train.logs import RunLogger, read_log, truncate_log
 from ttmem.train.modelspec import build_from_spec
 from ttmem.train.optim import build_optimizer, warmup_cosine
 
@@ -367,6 +367,9 @@ class Trainer:
             self.corpus,
             ckpt.latest_checkpoint(self.checkpoint_dir),
         )
+        if resumed_from and main:  # a resumed run that trains no further step still reports its last loss
+            logged = [r["loss"] for r in read_log(self.out_dir / "log.jsonl") if "loss" in r]
+            result.last_loss = logged[-1] if logged else result.last_loss
         bar = None
         if self.progress and main:
             from tqdm.auto import tqdm
