@@ -272,40 +272,41 @@ class Trainer:
         grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
-            latest = ckpt.latest_checkpoint(self.checkpoint_dir)
-            kept = f"last checkpoint kept: {latest}" if latest else "no checkpoint had been written yet"
-            raise TrainingDiverged(
-                f"training diverged at step {self.step + 1}: loss={loss}, grad_norm={grad_norm};"
-                f" stopped before updating the weights ({kept}); lower lr or check the data"
+            raise self._diverged(
+                f"loss={loss}, grad_norm={grad_norm}; stopped before updating the weights ({self._kept()});"
+                " lower lr or check the data"
             )
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self._weights_not_finite():  # an optimizer can overflow on finite gradients; never checkpoint that
-            latest = ckpt.latest_checkpoint(self.checkpoint_dir)
-            kept = f"last checkpoint kept: {latest}" if latest else "no checkpoint had been written yet"
-            raise TrainingDiverged(
-                f"training diverged at step {self.step + 1}: the {self.config.optimizer} step made weights "
-                f"non-finite (loss={loss}, grad_norm={grad_norm}); {kept}; lower lr"
+            raise self._diverged(
+                f"the {self.config.optimizer} step made weights non-finite (loss={loss}, grad_norm={grad_norm});"
+                f" {self._kept()}; lower lr"
             )
         self.scheduler.step()
         self.step += 1
         return loss, grad_norm
 
-    def _weights_not_finite(self) -> bool:
-        """Whether any process holds a non-finite weight (the same answer on every process)."""
-        bad = False
-        for p in self.model.parameters():
-            local = p.to_local() if hasattr(p, "to_local") else p  # FSDP: this process's shard
-            if not bool(torch.isfinite(local.detach()).all()):
-                bad = True
-                break
-        flag = torch.tensor([float(bad)], dtype=torch.float64, device=self.device)
+    def _diverged(self, reason: str) -> TrainingDiverged:
+        return TrainingDiverged(f"training diverged at step {self.step + 1}: {reason}")
+
+    def _kept(self) -> str:
+        latest = ckpt.latest_checkpoint(self.checkpoint_dir)
+        return f"last checkpoint kept: {latest}" if latest else "no checkpoint had been written yet"
+
+    def _any_process(self, local: bool) -> bool:
+        """Whether ``local`` holds on any process (the same answer on every process)."""
+        flag = torch.tensor([float(local)], dtype=torch.float64, device=self.device)
         return bool(all_reduce_sum(flag, self.env)[0] > 0)
+
+    def _weights_not_finite(self) -> bool:
+        """Whether any process holds a non-finite weight (FSDP: each checks its own shard)."""
+        local = (p.to_local() if hasattr(p, "to_local") else p for p in self.model.parameters())
+        return self._any_process(not all(bool(torch.isfinite(t.detach()).all()) for t in local))
 
     def _stop_agreed(self) -> bool:
         """Whether any process was asked to stop (the same answer on every process)."""
-        flag = torch.tensor([float(self._stop_reason is not None)], dtype=torch.float64, device=self.device)
-        return bool(all_reduce_sum(flag, self.env)[0] > 0)
+        return self._any_process(self._stop_reason is not None)
 
     def validate(self) -> dict[str, float]:
         """Validation loss / bpb on the first `eval_tokens` tokens of the validation split."""
