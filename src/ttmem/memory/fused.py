@@ -8,9 +8,8 @@ e.g. ``β W + c S − Gᵀ diag(a) X``. Written with plain operators, autograd k
 product and per sum, and its backward adds as many again, plus a weight-sized product and a reduction for every
 scalar's gradient. When the memory's weights are larger than a chunk's activations (small chunks, wide MLP
 memories) those passes dominate the engine's time. Here the scaled sum is one autograd node that writes its
-result once, and the matmul accumulates into
-that result in place (``baddbmm``). The backward is built from differentiable operations, so higher-order
-gradients still work.
+result once, and the matmul accumulates into that result in place (``baddbmm``). The backward is built from
+differentiable operations, so higher-order gradients still work.
 """
 
 from __future__ import annotations
