@@ -96,10 +96,10 @@ class KVCache:
         return KVCache(store, self.length, self.next_position)
 
 
-def _append(cache: KVCache | None, keys: Tensor, values: Tensor, positions: Tensor, grow: bool) -> KVCache:
+def _append(cache: KVCache | None, keys: Tensor, values: Tensor, positions: Tensor, next_position: int,
+            grow: bool) -> KVCache:
     """Cache holding the old entries followed by the new ones (written in place when safe, see module doc)."""
     new_len = keys.shape[2]
-    next_position = int(positions.max()) + 1
     if cache is None:
         return KVCache(_KVStore(keys, values, positions, new_len), new_len, next_position)
     total = cache.length + new_len
@@ -132,8 +132,16 @@ def _append(cache: KVCache | None, keys: Tensor, values: Tensor, positions: Tens
     return KVCache(store, total, next_position)
 
 
-def _trim(cache: KVCache, keep_from: int) -> KVCache:
-    """Drop the entries with position < keep_from (sliding window eviction)."""
+def _trim(cache: KVCache, keep_from: int, consecutive: bool) -> KVCache:
+    """Drop the entries with position < keep_from (sliding window eviction). ``consecutive``: the entries hold
+    consecutive positions ending at ``next_position − 1``, so the count to keep is known on the host."""
+    if consecutive:
+        keep = min(cache.length, cache.next_position - keep_from)
+        if keep == cache.length:
+            return cache
+        drop = cache.length - keep
+        store = _KVStore(cache.keys[:, :, drop:], cache.values[:, :, drop:], cache.positions[drop:], keep)
+        return KVCache(store, keep, cache.next_position)
     keep = (cache.positions >= keep_from).nonzero().squeeze(-1)
     if keep.numel() == cache.length:
         return cache
@@ -233,7 +241,7 @@ class Attention(nn.Module):
             _, k_mem, v_mem = self._keys_values(memory_tokens, positions)
             k, v = torch.cat((k_mem, k), dim=2), torch.cat((v_mem, v), dim=2)
             new_positions = torch.cat((positions, positions))
-        full = _append(cache, k, v, new_positions, grow=self.window is None)
+        full = _append(cache, k, v, new_positions, start + length, grow=self.window is None)
         persistent = self._persistent_keys_values(batch)
         if cache is None and memory_tokens is None and persistent is None and (
             self.window is None or self.window >= length
@@ -243,7 +251,10 @@ class Attention(nn.Module):
             out = self._blockwise(q, positions, full, persistent)
         else:
             out = self._attend(q, positions, full.keys, full.values, full.positions, persistent)
-        new_cache = _trim(full, full.next_position - self.window + 1) if self.window is not None else full
+        new_cache = full
+        if self.window is not None:
+            consecutive = memory_tokens is None and (cache is None or cache.length <= full.next_position - length)
+            new_cache = _trim(full, full.next_position - self.window + 1, consecutive)
         out = out.transpose(1, 2).reshape(batch, length, self.heads * self.dim_head)
         return self.to_out(out), new_cache
 
@@ -257,24 +268,32 @@ class Attention(nn.Module):
         persistent: tuple[Tensor, Tensor] | None,
     ) -> Tensor:
         """Masked SDPA of q [B, H, Tq, d] over [persistent ‖ keys]."""
-        mask = visibility_mask(query_positions, key_positions, self.window)
         if persistent is not None:
             keys, values = torch.cat((persistent[0], keys), dim=2), torch.cat((persistent[1], values), dim=2)
-            mask = torch.cat((mask.new_ones(mask.shape[0], persistent[0].shape[2]), mask), dim=1)
-        if bool(mask.all()):
+        if q.shape[2] == 1:
+            # One query (decoding) sees every key it is given: caches hold only earlier positions, and window
+            # caches are trimmed to the window. No mask, and no look at its values (a host sync on a GPU).
             return F.scaled_dot_product_attention(q, keys, values)
+        mask = visibility_mask(query_positions, key_positions, self.window)
+        if persistent is not None:
+            mask = torch.cat((mask.new_ones(mask.shape[0], persistent[0].shape[2]), mask), dim=1)
         return F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
 
     def _blockwise(
         self, q: Tensor, positions: Tensor, full: KVCache, persistent: tuple[Tensor, Tensor] | None
     ) -> Tensor:
-        """Sliding-window attention in query blocks; keys are sorted by position here."""
+        """Sliding-window attention in query blocks. Without memory tokens the cached keys hold consecutive
+        positions ending at the last query, so each block's key range is known on the host (no device reads)."""
         key_positions = full.positions
+        first_key = full.next_position - full.length  # position of the first cached key
+        first_query = full.next_position - q.shape[2]
         outputs = []
         for begin in range(0, q.shape[2], self.block_size):
             block_positions = positions[begin : begin + self.block_size]
-            lo = int(torch.searchsorted(key_positions, block_positions[0] - self.window + 1))
-            hi = int(torch.searchsorted(key_positions, block_positions[-1], right=True))
+            block_first = first_query + begin
+            block_last = block_first + block_positions.shape[0] - 1
+            lo = max(0, block_first - self.window + 1 - first_key)
+            hi = block_last + 1 - first_key
             outputs.append(
                 self._attend(
                     q[:, :, begin : begin + self.block_size],

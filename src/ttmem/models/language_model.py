@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ttmem.memory import value_checks_enabled
 from ttmem.models.blocks import build_sublayers
 from ttmem.models.config import ModelConfig
 from ttmem.models.sampling import check_sampling_arguments, sample_next_token
@@ -68,6 +69,10 @@ class LanguageModel(nn.Module):
             raise TypeError("input_ids must be a LongTensor of shape [batch, time]")
         if input_ids.shape[1] == 0:
             raise ValueError("input_ids must contain at least one token per row")
+        # Reading the ids' range is a host synchronisation on a GPU: there (and while compiling) only with value
+        # checks on; on a CPU it costs nothing worth saving.
+        if torch.compiler.is_compiling() or (input_ids.device.type != "cpu" and not value_checks_enabled()):
+            return
         low, high = int(input_ids.min()), int(input_ids.max())
         if low < 0 or high >= self.config.vocab_size:
             raise ValueError(
