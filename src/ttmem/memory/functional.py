@@ -168,7 +168,10 @@ def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | 
     if impl == "reference":
         out, new_state = memorize_reference(rule, q_, k_, v_, lr_, keep, eta, thr, chunk, state)
     elif _delta_rule_applies(rule, state):
-        out, new_state = memorize_delta_rule(q_, k_, v_, lr_, keep, chunk_size, state)
+        out, new_state = memorize_delta_rule(q_, k_, v_, lr_, keep, chunk_size, state, rule.forget_first)
+    elif rule.forget_first:
+        raise ValueError(f"state.anchor: rule {rule.name!r} decays before its delta step, which only the exact "
+                         "delta rule implements, and that path takes no anchor; pass a state without one")
     else:
         out, new_state = memorize_chunked(rule, q_, k_, v_, lr_, keep, eta, thr, chunk, state, recompute)
     return out.movedim(2, 1), new_state
@@ -176,6 +179,4 @@ def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | 
 
 def _delta_rule_applies(rule: MemoryRule, state: MemoryState) -> bool:
     """The exact per-token delta-rule fast path: linear memory, ℓ2, no momentum, window or anchor."""
-    return (rule.per_token and rule.architecture.kind == "linear" and rule.objective.kind == "l2"
-            and not rule.momentum and rule.window == 1 and not rule.retention.has_view
-            and rule.retention.anchor == 0 and state.anchor is None)
+    return rule.exact_delta_rule and state.anchor is None
