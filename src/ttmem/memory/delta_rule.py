@@ -10,11 +10,11 @@ Both are solved a block at a time in the WY / UT form: with Γ_t = Π_{j≤t} f_
     W_t = Γ_t W_0 + Σ_{i≤t} (Γ_t / Γ_i) u_i k_iᵀ,
     u_t + θ_t Σ_{i<t} (Γ_e / Γ_i) (k_i · k_t) u_i = θ_t (v_t − Γ_e W_0 k_t),
 
-where the error is measured on the memory Γ_e-scaled, e = t − 1 in the Titans order and e = t when forgetting comes
-first (the decayed memory f_t W_{t−1} = Γ_t W_0 + Σ_{i<t} (Γ_t / Γ_i) u_i k_iᵀ). This is a unit lower-triangular
-system for the pseudo-values u (one ``solve_triangular`` per block). Reads and the block's end state are then
-matmuls. Ratios of Γ are formed as products (``segment_products``), never divided, so a forget gate of exactly 1
-is exact.
+with e the point whose memory the error reads: e = t − 1 in the Titans order (W_{t−1}), e = t when forgetting
+comes first (the decayed memory f_t W_{t−1} = Γ_t W_0 + Σ_{i<t} (Γ_t / Γ_i) u_i k_iᵀ). This is a unit
+lower-triangular system for the pseudo-values u (one ``solve_triangular`` per block). Reads and the block's end
+state are then matmuls. Ratios of Γ are formed as products (``segment_products``), never divided, so a forget gate
+of exactly 1 is exact.
 """
 
 from __future__ import annotations
