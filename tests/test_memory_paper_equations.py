@@ -163,3 +163,12 @@ def test_titans_order_is_a_different_recurrence(impl):
 def test_forget_first_needs_the_exact_delta_rule():
     with pytest.raises(ValueError, match="forget_first needs the exact per-token delta rule"):
         get_rule("titans").replace(forget_first=True)
+
+
+def test_forget_first_refuses_a_state_with_an_anchor():
+    """Only the exact delta rule decays before its step, and it takes no anchor: such a state is an error."""
+    inputs = make_inputs("gated_delta", time=3)
+    state = start_state("gated_delta", learned_initial_weights("gated_delta"))
+    state.anchor = state.weights
+    with pytest.raises(ValueError, match="state.anchor"):
+        memorize(**inputs, rule="gated_delta", state=state)
