@@ -111,3 +111,54 @@ def test_recompute_stores_less_for_the_backward():
 
     stored, recomputed = _saved_numel(call(False)), _saved_numel(call(True))
     assert recomputed < 0.25 * stored, (stored, recomputed)
+
+
+@pytest.mark.parametrize("incoming", [False, True], ids=["fresh", "incoming-state"])
+@pytest.mark.parametrize("rule", sorted(RULES))
+def test_token_by_token_decoding_equals_reference(rule, incoming):
+    """Decoding one token per call (the ``step`` path where it applies, a one-token chunked group elsewhere)
+    equals the token-by-token reference run in one call: outputs, state and gradients, across chunk
+    boundaries (13 tokens, chunk 4), with and without an incoming state that ends mid-chunk."""
+    chunk, time = 4, 13
+    init = learned_initial_weights(rule)
+    inputs = make_inputs(rule, time=time, seed=11, requires_grad=True)
+    results = {}
+    for impl in ("auto", "reference"):
+        state = start_state(rule, init)
+        if incoming:
+            state = memorize(**make_inputs(rule, time=5, seed=99), rule=rule, chunk_size=chunk, state=state,
+                             impl="reference")[1]
+        if impl == "reference":
+            out, state = memorize(**inputs, rule=rule, chunk_size=chunk, state=state, impl="reference")
+        else:
+            outs = []
+            for t in range(time):
+                token = {name: x[:, t:t + 1] for name, x in inputs.items()}
+                o, state = memorize(**token, rule=rule, chunk_size=chunk, state=state, impl="auto")
+                outs.append(o)
+            out = torch.cat(outs, 1)
+        leaves = [inputs[name] for name in sorted(inputs)] + list(init)
+        grads = torch.autograd.grad(objective(out, state), leaves, allow_unused=True)
+        results[impl] = (out, state, grads)
+    (o1, s1, g1), (o2, s2, g2) = results["auto"], results["reference"]
+    assert rel_err(o1, o2) <= TOL
+    assert s1.offset == s2.offset
+    for a, b in zip(s1.weights, s2.weights, strict=True):
+        assert rel_err(a, b) <= TOL
+    for a, b in zip(g1, g2, strict=True):
+        assert (a is None) == (b is None)
+        if b is not None and b.norm() > 0:
+            assert rel_err(a, b) <= TOL
+
+
+def test_step_path_is_taken_for_one_token(monkeypatch):
+    """One token of a rule the step serves goes through ``memorize_token``, never the chunked engine."""
+    import ttmem.memory.functional as functional
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("chunked engine used for one token")
+
+    monkeypatch.setattr(functional, "memorize_chunked", refuse)
+    monkeypatch.setattr(functional, "memorize_delta_rule", refuse)
+    for rule in ("titans", "yaad", "delta", "theta", "theta_lowrank", "linear_attention"):
+        memorize(**make_inputs(rule, time=1), rule=rule, chunk_size=4)

@@ -42,11 +42,11 @@ def projection(out: torch.Tensor, weights: tuple, seed: int = 7) -> torch.Tensor
     return total
 
 
-def engine_run(rule, inputs, init, chunk, prefix):
+def engine_run(rule, inputs, init, chunk, prefix, impl="auto"):
     state = start_state(rule, init)
     if prefix is not None:
-        state = memorize(**prefix, rule=rule, chunk_size=chunk, state=state)[1]
-    out, state = memorize(**inputs, rule=rule, chunk_size=chunk, state=state)
+        state = memorize(**prefix, rule=rule, chunk_size=chunk, state=state, impl=impl)[1]
+    out, state = memorize(**inputs, rule=rule, chunk_size=chunk, state=state, impl=impl)
     return out, state.weights, state.momentum
 
 
@@ -108,11 +108,13 @@ def fla_layout_run(inputs: dict, init: tuple, prefix: dict | None):
     return out[:, out.shape[1] - inputs["q"].shape[1]:], (h.mT,), None
 
 
+@pytest.mark.parametrize("impl", ["delta_rule", "chunked"])
 @pytest.mark.parametrize("incoming", [False, True], ids=["fresh", "incoming-state"])
 @pytest.mark.parametrize("chunk", CHUNKS)
-def test_gated_delta_equals_published_recurrence(chunk, incoming):
-    """Acceptance for ``gated_delta``: the engine's WY / UT path equals both the equation's matrix form and the
-    port of the published reference recurrence, to 1e-10 in outputs, final state and gradients."""
+def test_gated_delta_equals_published_recurrence(chunk, incoming, impl):
+    """Acceptance for ``gated_delta``: the engine's WY / UT path (and the chunked dual form, one token per chunk)
+    equals both the equation's matrix form and the port of the published reference recurrence, to 1e-10 in
+    outputs, final state and gradients. The one-token decode step is checked below."""
     for time in LENGTHS:
         init = learned_initial_weights("gated_delta")
         inputs = strong_gates(make_inputs("gated_delta", time=time, seed=time + chunk, requires_grad=True), time)
@@ -120,28 +122,28 @@ def test_gated_delta_equals_published_recurrence(chunk, incoming):
         if prefix is not None:
             prefix = {name: x.detach() for name, x in prefix.items()}
         leaves = [inputs[name] for name in sorted(inputs)] + list(init)
-        engine = engine_run("gated_delta", inputs, init, chunk, prefix)
-        where = f"gated_delta chunk={chunk} time={time} incoming={incoming}"
+        engine = engine_run("gated_delta", inputs, init, chunk, prefix, impl)
+        where = f"gated_delta {impl} chunk={chunk} time={time} incoming={incoming}"
         assert_same_run("gated_delta", engine, fla_layout_run(inputs, init, prefix), leaves, where + " (published)")
         assert_same_run("gated_delta", engine, paper_run("gated_delta", inputs, init, chunk, prefix), leaves,
                         where + " (equation)")
 
 
 def test_gated_delta_token_by_token_equals_published_recurrence():
-    """Streaming one token per call through the WY / UT path gives the published recurrence's outputs and state."""
+    """Streaming one token per call (the decode step) gives the published recurrence's outputs and state."""
     init = learned_initial_weights("gated_delta")
     inputs = strong_gates(make_inputs("gated_delta", time=21, seed=4), 4)
     state, outs = start_state("gated_delta", init), []
     for t in range(21):
         out, state = memorize(**{name: x[:, t:t + 1] for name, x in inputs.items()}, rule="gated_delta",
-                              chunk_size=16, state=state)
+                              chunk_size=16, state=state, impl="step")
         outs.append(out)
     expected, weights, _ = fla_layout_run(inputs, init, None)
     assert rel_err(torch.cat(outs, 1), expected) <= TOL
     assert rel_err(state.weights[0], weights[0]) <= TOL
 
 
-@pytest.mark.parametrize("impl", ["chunked", "reference"])
+@pytest.mark.parametrize("impl", ["delta_rule", "chunked", "reference"])
 def test_titans_order_is_a_different_recurrence(impl):
     """``forget_first=False`` keeps the Titans order (error on the undecayed memory): it equals that form and
     differs from Gated DeltaNet's, so the acceptance tests above can tell the two apart."""
@@ -163,12 +165,3 @@ def test_titans_order_is_a_different_recurrence(impl):
 def test_forget_first_needs_the_exact_delta_rule():
     with pytest.raises(ValueError, match="forget_first needs the exact per-token delta rule"):
         get_rule("titans").replace(forget_first=True)
-
-
-def test_forget_first_refuses_a_state_with_an_anchor():
-    """Only the exact delta rule decays before its step, and it takes no anchor: such a state is an error."""
-    inputs = make_inputs("gated_delta", time=3)
-    state = start_state("gated_delta", learned_initial_weights("gated_delta"))
-    state.anchor = state.weights
-    with pytest.raises(ValueError, match="state.anchor"):
-        memorize(**inputs, rule="gated_delta", state=state)

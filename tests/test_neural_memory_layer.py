@@ -41,7 +41,7 @@ def test_chunk_gates_are_held_within_a_chunk():
         layer.to_gates.weight.normal_(0, 1.0)
     x = torch.randn(1, 10, 8, dtype=torch.float64)
     gates, _ = layer._gates(x, None)
-    lr = gates["lr"][0, :, 0]
+    lr = gates["lr"][0, 0, :]  # engine layout [batch, heads, time]
     for start in (0, 4, 8):
         block = lr[start:start + 4]
         assert torch.all(block == block[0])

@@ -28,13 +28,14 @@ def test_decay_is_exp_of_minus_softplus_times_a():
     x = torch.randn(2, 7, 16, dtype=torch.float64)
     gates, _ = layer._gates(x, None)
     # gated_delta's gates are [lr, forget] per head; written out from the weights, not through the layer.
+    # Gates come in the engine's layout [batch, heads, time].
     w = layer.to_gates.weight.view(2, 2, 16)[:, 1]
-    b = layer.to_gates.bias.view(2, 2)[:, 1]
-    a = torch.exp(layer.forget_log_rate)
-    decay = torch.exp(-F.softplus(torch.einsum("btd,hd->bth", x, w) + b) * a)
+    b = layer.to_gates.bias.view(2, 2)[:, 1, None]
+    a = torch.exp(layer.forget_log_rate)[:, None]
+    decay = torch.exp(-F.softplus(torch.einsum("btd,hd->bht", x, w) + b) * a)
     torch.testing.assert_close(1 - gates["forget"], decay, rtol=1e-12, atol=1e-14)
-    beta = torch.sigmoid(torch.einsum("btd,hd->bth", x, layer.to_gates.weight.view(2, 2, 16)[:, 0])
-                         + layer.to_gates.bias.view(2, 2)[:, 0])
+    beta = torch.sigmoid(torch.einsum("btd,hd->bht", x, layer.to_gates.weight.view(2, 2, 16)[:, 0])
+                         + layer.to_gates.bias.view(2, 2)[:, 0, None])
     torch.testing.assert_close(gates["lr"], beta, rtol=1e-12, atol=1e-14)
 
 
@@ -89,6 +90,6 @@ def test_forget_gate_errors():
 def test_decay_gate_stays_a_probability_for_extreme_logits():
     layer = NeuralMemory(8, heads=1, rule="gated_delta", forget_gate="mamba2").double()
     with torch.no_grad():
-        forget = layer._mamba2_forget(torch.tensor([-1e3, 0.0, 1e3], dtype=torch.float64))
+        forget = layer._mamba2_forget(torch.tensor([[-1e3, 0.0, 1e3]], dtype=torch.float64))[0]
     assert bool((forget >= 0).all()) and bool((forget <= 1).all())
     assert float(forget[2]) == 1.0 and math.isclose(float(forget[0]), 0.0, abs_tol=1e-300)

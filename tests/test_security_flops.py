@@ -57,23 +57,64 @@ def test_bad_arguments():
         flops.measure_flops(3)
 
 
+def _core_flops(rule: str, dk: int, heads: int) -> int:
+    arch = memory.get_rule(rule).architecture
+    if rule == "theta_lowrank":
+        return flops.theta_lowrank_flops(dk, dk, arch.rank, heads)
+    if arch.kind == "mlp":
+        return flops.titans_mlp_flops(dk, dk, arch.shapes(dk, dk)[0][0], heads)
+    return flops.theta_memory_flops(dk, dk, heads)
+
+
+@pytest.mark.parametrize("rule", ["theta", "theta_lowrank", "delta", "titans"])
+@pytest.mark.parametrize("dk,heads", [(16, 2), (32, 1)])
+def test_memory_engine_decode_step_flops_equal_analytic(rule, dk, heads):
+    """One decoded token costs exactly the analytic per-token count, at every chunk size and position in a
+    chunk (no padding to a chunk, no coefficient matrices)."""
+    analytic = _core_flops(rule, dk, heads)
+    for chunk in (1, 16):
+        q, k, v = (torch.randn(1, 3, heads, dk) for _ in range(3))
+        lr = torch.rand(1, 3, heads) * 0.1
+        _, state = memory.memorize(q, k, v, lr, rule=rule, chunk_size=chunk)
+        for t in range(3):
+            token = (q[:, t:t + 1], k[:, t:t + 1], v[:, t:t + 1], lr[:, t:t + 1])
+            measured = flops.measure_flops(
+                lambda s=state, x=token, c=chunk: memory.memorize(*x, rule=rule, chunk_size=c, state=s))
+            assert measured == analytic, (chunk, t, measured, analytic)
+            _, state = memory.memorize(*token, rule=rule, chunk_size=chunk, state=state)
+
+
 @pytest.mark.parametrize("rule", ["theta", "theta_lowrank"])
 @pytest.mark.parametrize("dk,heads", [(16, 2), (32, 1)])
-def test_memory_engine_per_token_flops_match_analytic_leading_term(rule, dk, heads):
-    """The project's engine, one token at a time (chunk_size=1): the O(d²) / O(r d) term is exactly the
-    analytic one; only lower-order O(d) work (norms, scalar products) may be added."""
-    rank = memory.get_rule(rule).architecture.rank if rule == "theta_lowrank" else None
-    analytic = (
-        flops.theta_memory_flops(dk, dk, heads) if rank is None else flops.theta_lowrank_flops(dk, dk, rank, heads)
-    )
+def test_memory_engine_per_token_flops_of_a_sequence(rule, dk, heads):
+    """A sequence through the exact per-token path (chunk_size=1): fixed work per token whose O(d²) / O(r d)
+    term is exactly the analytic one; only lower-order O(d) work (norms, scalar products) may be added."""
+    analytic = _core_flops(rule, dk, heads)
     per_token = []
-    for t in (1, 5):
+    for t in (5, 9):
         q, k, v = (torch.randn(1, t, heads, dk) for _ in range(3))
         lr = torch.rand(1, t, heads)
         total = flops.measure_flops(lambda q=q, k=k, v=v, lr=lr: memory.memorize(q, k, v, lr, rule=rule, chunk_size=1))
         per_token.append(total / t)
     assert per_token[0] == per_token[1]  # fixed work per token
     assert analytic <= per_token[0] <= analytic + 16 * heads * (2 * dk)
+
+
+@pytest.mark.parametrize("rule", ["theta", "titans"])
+def test_neural_memory_layer_decode_flops_equal_projections_plus_core(rule):
+    """The whole layer's decode step: its dense projections, its depthwise conv, and the analytic core."""
+    from ttmem.layers import NeuralMemory
+
+    dim, heads, kernel = 32, 2, 4
+    layer = NeuralMemory(dim, heads=heads, chunk_size=16, rule=rule, conv_kernel=kernel)
+    inner = layer.heads * layer.dim_head
+    with torch.no_grad():
+        _, state = layer(torch.randn(1, 5, dim))
+        measured = flops.measure_flops(lambda: layer(torch.randn(1, 1, dim), state))
+    dense = (flops.linear_flops(dim, 3 * inner) + flops.linear_flops(dim, heads * layer.n_gates)
+             + flops.linear_flops(dim, inner) + flops.linear_flops(inner, dim))
+    conv = 2 * 3 * inner * kernel  # depthwise: one kernel per channel, one output position
+    assert measured == dense + conv + _core_flops(rule, layer.dim_head, heads)
 
 
 @pytest.mark.parametrize("rule", ["theta", "theta_lowrank"])

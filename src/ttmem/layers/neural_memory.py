@@ -16,13 +16,14 @@ pieces, or token by token gives the same outputs and state.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..memory import MemoryRule, MemoryState, get_rule, initial_state, memorize
+from ..memory import MemoryRule, MemoryState, get_rule, initial_state, run_memory
+from ..memory.functional import check_chunk_size, check_input_values, value_checks_enabled
 
 GATE_MODES = ("token", "chunk", "fixed")
 FORGET_GATES = ("sigmoid", "mamba2")
@@ -52,8 +53,9 @@ class NeuralMemory(nn.Module):
             raise ValueError(f"gate_mode must be one of {GATE_MODES}, got {gate_mode!r}")
         if not 0 < max_lr <= 1:
             raise ValueError(f"max_lr must be in (0, 1], got {max_lr}")
-        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+        check_chunk_size(chunk_size)
+        if dim_head is None and dim % heads:
+            raise ValueError(f"dim ({dim}) must be divisible by heads ({heads}) when dim_head is not given")
         self.rule = get_rule(rule)
         if forget_gate not in FORGET_GATES:
             raise ValueError(f"forget_gate must be one of {FORGET_GATES}, got {forget_gate!r}")
@@ -99,6 +101,20 @@ class NeuralMemory(nn.Module):
         nn.init.normal_(self.to_out.weight, std=1.0 / math.sqrt(inner))
 
     # -- pieces -------------------------------------------------------------------------------------------
+    # Everything below works in the engine's layout [B, heads, T, dim_head] so the hot path never re-lays out.
+
+    def _conv(self, seq: Tensor, cache: Tensor | None, channels: slice) -> tuple[Tensor, Tensor]:
+        """Short causal depthwise conv + SiLU over seq [B, channels, T] with the previous kernel−1 inputs."""
+        if cache is None:
+            cache = seq.new_zeros(seq.shape[0], seq.shape[1], self.conv_kernel - 1)
+        seq = torch.cat([cache, seq], dim=2)
+        out = F.conv1d(seq, self.conv.weight[channels], self.conv.bias[channels], groups=seq.shape[1])
+        return F.silu(out), seq[:, :, -(self.conv_kernel - 1):]
+
+    def _heads(self, x: Tensor, parts: int) -> Tensor:
+        """[B, T, parts · heads · dim_head] -> [parts, B, heads, T, dim_head]."""
+        b, t = x.shape[:2]
+        return x.view(b, t, parts, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
 
     def _init_mamba2_forget(self) -> None:
         """Gated DeltaNet's decay as Mamba-2 initialises it: A_h ~ U(1, 16) stored as log A_h, and the forget
@@ -114,31 +130,38 @@ class NeuralMemory(nn.Module):
                 self.to_gates.bias.view(self.heads, self.n_gates)[:, column] = bias
 
     def _mamba2_forget(self, logit: Tensor) -> Tensor:
-        """α = 1 − exp(−softplus(logit) · A_h): Gated DeltaNet's decay exp(−softplus(·) A) is the keep 1 − α."""
-        return -torch.expm1(-F.softplus(logit) * self.forget_log_rate.exp())
+        """α = 1 − exp(−softplus(logit) · A_h) for logits [..., heads, T]: Gated DeltaNet's decay
+        exp(−softplus(·) A) is the keep 1 − α."""
+        return -torch.expm1(-F.softplus(logit) * self.forget_log_rate.exp().unsqueeze(-1))
 
     def _project(self, x: Tensor, conv_cache: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        b, t, _ = x.shape
         qkv = self.to_qkv(x)
         new_cache = None
         if self.conv is not None:
-            seq = qkv.transpose(1, 2)  # [B, channels, T]
-            if conv_cache is None:
-                conv_cache = seq.new_zeros(b, seq.shape[1], self.conv_kernel - 1)
-            seq = torch.cat([conv_cache, seq], dim=2)
-            new_cache = seq[:, :, -(self.conv_kernel - 1):]
-            qkv = F.silu(self.conv(seq)).transpose(1, 2)
-        q, k, v = qkv.view(b, t, 3, self.heads, self.dim_head).unbind(2)
+            seq, new_cache = self._conv(qkv.transpose(1, 2), conv_cache, slice(None))
+            qkv = seq.transpose(1, 2)
+        q, k, v = self._heads(qkv, 3).unbind(0)
         return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, new_cache
 
+    def _project_queries(self, x: Tensor, conv_cache: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """Only the queries (reads without writes): the q third of the projection and of the conv. The conv
+        is depthwise, so its q channels do not depend on k and v; ``conv_cache`` holds those channels only."""
+        inner = self.heads * self.dim_head
+        q = F.linear(x, self.to_qkv.weight[:inner])
+        new_cache = None
+        if self.conv is not None:
+            seq, new_cache = self._conv(q.transpose(1, 2), conv_cache, slice(0, inner))
+            q = seq.transpose(1, 2)
+        return F.normalize(self._heads(q, 1)[0], dim=-1), new_cache
+
     def _gates(self, x: Tensor, state: NeuralMemoryState | None) -> tuple[dict, Tensor | None]:
+        """Gates [B, heads, T] by name, and the held logits of a chunk in progress ("chunk" mode)."""
         b, t, _ = x.shape
+        held = None
         if self.gate_mode == "fixed":
-            logits = self.gate_logits.expand(b, t, self.heads, self.n_gates)
-            held = None
+            logits = self.gate_logits.view(1, 1, self.heads, self.n_gates).expand(b, t, self.heads, self.n_gates)
         else:
             logits = self.to_gates(x).view(b, t, self.heads, self.n_gates)
-            held = None
             if self.gate_mode == "chunk" and not self.rule.per_token:
                 offset = 0 if state is None else state.memory.offset
                 pos = (offset + torch.arange(t, device=x.device)) % self.chunk_size
@@ -149,6 +172,7 @@ class NeuralMemory(nn.Module):
                     source = source + 1
                 logits = logits[:, source.clamp(min=0)]
                 held = logits[:, -1:]
+        logits = logits.permute(0, 2, 1, 3)  # [B, heads, T, n_gates]
         names = ["lr"] + (["momentum"] if self.rule.momentum else []) + (["forget"] if self.rule.forgetting else [])
         gates = {name: torch.sigmoid(logits[..., i]) for i, name in enumerate(names)}
         gates["lr"] = self.max_lr * gates["lr"]
@@ -159,10 +183,21 @@ class NeuralMemory(nn.Module):
         return gates, held
 
     def _merge(self, x: Tensor, out: Tensor) -> Tensor:
-        b, t = out.shape[:2]
-        out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + 1e-6) * self.out_norm_weight
-        out = out.reshape(b, t, -1) * F.silu(self.to_out_gate(x))
+        """out [B, heads, T, dim_head] -> [B, T, dim]: RMS norm per head, SiLU output gate, head merge."""
+        out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + 1e-6) * self.out_norm_weight.unsqueeze(1)
+        out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1) * F.silu(self.to_out_gate(x))
         return self.to_out(out)
+
+    def _check_input(self, x: Tensor, state: NeuralMemoryState | None) -> None:
+        if not isinstance(x, Tensor) or x.dim() != 3 or x.shape[-1] != self.dim:
+            raise ValueError(f"x must have shape [batch, time, {self.dim}], got {tuple(getattr(x, 'shape', ()))}")
+        if x.shape[0] == 0 or x.shape[1] == 0:
+            raise ValueError(f"x must have at least one batch row and one time step, got shape {tuple(x.shape)}")
+        if state is not None:
+            if not isinstance(state, NeuralMemoryState):
+                raise TypeError(f"state must be a NeuralMemoryState or None, got {type(state).__name__}")
+            if state.memory.batch_size != x.shape[0]:
+                raise ValueError(f"state has batch size {state.memory.batch_size}, x has {x.shape[0]}")
 
     def initial_state(self, batch: int) -> NeuralMemoryState:
         weights = tuple(self.initial_weights)
@@ -174,31 +209,36 @@ class NeuralMemory(nn.Module):
 
     def forward(self, x: Tensor, state: NeuralMemoryState | None = None) -> tuple[Tensor, NeuralMemoryState]:
         """Write each token into the memory, then read it with the token's query. x: [B, T, dim]."""
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"x must have shape [batch, time, {self.dim}], got {tuple(x.shape)}")
+        self._check_input(x, state)
         if state is None:
             state = self.initial_state(x.shape[0])
         q, k, v, conv_cache = self._project(x, state.conv)
         gates, held = self._gates(x, state)
-        out, mem = memorize(q, k, v, gates.pop("lr"), **gates, rule=self.rule, chunk_size=self.chunk_size,
-                            state=state.memory, recompute=self.recompute)
+        forget = gates.get("forget")
+        keep = None if forget is None else 1.0 - forget
+        if value_checks_enabled():
+            check_input_values({"q": q, "k": k, "v": v}, gates, state.memory)
+        out, mem = run_memory(self.rule, q, k, v, gates["lr"], keep, gates.get("momentum"), gates.get("threshold"),
+                              self.chunk_size, state.memory, recompute=self.recompute)
         return self._merge(x, out), NeuralMemoryState(mem, conv_cache, held)
+
+    def read(self, x: Tensor, memory: MemoryState, conv_cache: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Read ``memory`` with the queries of x [B, T, dim] without writing. ``conv_cache`` is the query stream's
+        own conv history (q channels only, [B, heads · dim_head, kernel − 1]); returns (out, its new history)."""
+        q, conv_cache = self._project_queries(x, conv_cache)
+        out = self.rule.architecture.forward(memory.weights, q)
+        return self._merge(x, out), conv_cache
 
     def retrieve(self, x: Tensor, state: NeuralMemoryState | None = None) -> Tensor:
         """Read only, with the state's current weights; nothing is written. x: [B, T, dim]."""
-        if x.dim() != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"x must have shape [batch, time, {self.dim}], got {tuple(x.shape)}")
+        self._check_input(x, state)
         if state is None:
             state = self.initial_state(x.shape[0])
-        q, _, _, _ = self._project(x, state.conv)
-        out = self.rule.architecture.forward(state.memory.weights, q.transpose(1, 2)).transpose(1, 2)
-        return self._merge(x, out)
+        inner = self.heads * self.dim_head
+        conv_q = None if state.conv is None else state.conv[:, :inner]
+        return self.read(x, state.memory, conv_q)[0]
 
     def extra_repr(self) -> str:
         return (f"dim={self.dim}, heads={self.heads}, chunk_size={self.chunk_size}, rule={self.rule.name!r}, "
                 f"forget_gate={self.forget_gate!r}")
 
-
-def with_rule(rule: str | MemoryRule, **changes) -> MemoryRule:
-    """A preset with some fields changed, e.g. ``with_rule("titans", window=8)``."""
-    return replace(get_rule(rule), **changes)

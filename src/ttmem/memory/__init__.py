@@ -2,7 +2,7 @@
 delta-rule path, the token-by-token reference, and the state carried across calls."""
 
 from .architectures import MemoryArchitecture
-from .functional import initial_state, memorize
+from .functional import IMPLS, initial_state, memorize, run_memory, set_value_checks, value_checks
 from .newton_schulz import newton_schulz
 from .objectives import Objective
 from .retention import Retention
@@ -10,6 +10,6 @@ from .rules import RULES, MemoryRule, get_rule
 from .state import MemoryState
 
 __all__ = [
-    "RULES", "MemoryArchitecture", "MemoryRule", "MemoryState", "Objective", "Retention", "get_rule",
-    "initial_state", "memorize", "newton_schulz",
+    "IMPLS", "RULES", "MemoryArchitecture", "MemoryRule", "MemoryState", "Objective", "Retention", "get_rule",
+    "initial_state", "memorize", "newton_schulz", "run_memory", "set_value_checks", "value_checks",
 ]

@@ -25,15 +25,6 @@ from .rules import MemoryRule
 from .state import MemoryState
 
 
-def _pad_time(x: Tensor | None, length: int, value: float = 0.0) -> Tensor | None:
-    """Pad dim 2 (time) at the end to ``length``."""
-    if x is None or x.shape[2] == length:
-        return x
-    pad_shape = list(x.shape)
-    pad_shape[2] = length - x.shape[2]
-    return torch.cat([x, x.new_full(pad_shape, value)], dim=2)
-
-
 def _chunks(x: Tensor | None, n: int, c: int) -> Tensor | None:
     """[B, H, n*c, ...] -> [B, H, n, c, ...]."""
     return None if x is None else x.reshape(x.shape[0], x.shape[1], n, c, *x.shape[3:])
@@ -93,19 +84,19 @@ class _Carry:
         )
 
 
-def _chunk_step(rule: MemoryRule, row: int, q: Tensor, k: Tensor, v: Tensor, thr: Tensor | None, mask: Tensor,
+def _chunk_step(rule: MemoryRule, row: int, q: Tensor, k: Tensor, v: Tensor, thr: Tensor | None, mask: Tensor | None,
                 coef: ChunkCoefficients, ref: tuple[Tensor, ...], weights: tuple[Tensor, ...],
                 step: tuple[Tensor, ...] | None, momentum: tuple[Tensor, ...] | None,
                 accum: tuple[Tensor, ...] | None, anchor: tuple[Tensor, ...] | None) -> tuple:
     """One chunk, as a pure function of its inputs: reads of every token, then the state after token ``row``.
 
-    q [B, H, C, dk]; k, v, thr, mask: the chunk's sources (Omega window's earlier tokens first); coef: this
-    chunk's coefficients. Returns (out [B, H, C, dv], weights, step, momentum, accum).
+    q [B, H, C, dk]; k, v, thr, mask: the chunk's sources (Omega window's earlier tokens first; mask None when
+    every source is real); coef: this chunk's coefficients. Returns (out [B, H, C, dv], weights, step, momentum, accum).
     """
     arch = rule.architecture
     pred, xs, pre = arch.forward_with_cache(ref, k)
     grad_out = rule.objective.grad(pred, v, thr)
-    gs = arch.output_grads(ref, pre, grad_out * mask.unsqueeze(-1))
+    gs = arch.output_grads(ref, pre, grad_out if mask is None else grad_out * mask.unsqueeze(-1))
     anchor_grad = None
     if anchor is not None:
         anchor_grad = tuple(rule.retention.anchor * (w - a) for w, a in zip(ref, anchor))
@@ -147,41 +138,40 @@ def _chunk_step(rule: MemoryRule, row: int, q: Tensor, k: Tensor, v: Tensor, thr
 
 def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep: Tensor, eta: Tensor | None,
                thr: Tensor | None, chunk: int, last_complete: bool, recompute: bool) -> Tensor:
-    """Process tokens [B, H, T, ·] as ceil(T / chunk) chunks starting at a chunk boundary of ``carry``."""
+    """Process tokens [B, H, T, ·], T a multiple of ``chunk``, as T / chunk chunks starting at a chunk boundary of
+    ``carry``; ``last_complete``: the last chunk ends at a chunk boundary of the sequence."""
     rule = carry.rule
     b, h, t = q.shape[:3]
-    n = -(-t // chunk)
-    total = n * chunk
-    q_, k_, v_ = _pad_time(q, total), _pad_time(k, total), _pad_time(v, total)
-    lr_, keep_ = _pad_time(lr, total), _pad_time(keep, total, 1.0)
-    eta_ = _pad_time(eta, total, 1.0)
-    thr_ = _pad_time(thr, total, 1.0)
-    real = _pad_time(torch.ones(b, h, t, dtype=q.dtype, device=q.device), total)
+    n = t // chunk
 
     pk, pv, pt, pm = carry.past
-    k_src, v_src = _sources(pk, k_, n, chunk), _sources(pv, v_, n, chunk)
-    t_src = None if thr_ is None else _sources(pt, thr_, n, chunk)
-    m_src = _sources(pm, real, n, chunk)
-    past_len = 0 if pk is None else pk.shape[2]
-    omega = None
-    if rule.window > 1:
-        omega = window_matrix(chunk, past_len, rule.window, rule.window_decay, q.dtype, q.device)
+    k_src, v_src = _sources(pk, k, n, chunk), _sources(pv, v, n, chunk)
+    t_src = None if thr is None else _sources(pt, thr, n, chunk)
+    m_src, omega = None, None
+    if rule.window > 1:  # the window's earlier tokens may not exist yet: mask them
+        m_src = _sources(pm, torch.ones(b, h, t, dtype=q.dtype, device=q.device), n, chunk)
+        omega = window_matrix(chunk, pk.shape[2], rule.window, rule.window_decay, q.dtype, q.device)
 
     with_anchor = carry.anchor is not None
-    coef = chunk_coefficients(_chunks(lr_, n, chunk), _chunks(keep_, n, chunk), _chunks(eta_, n, chunk),
+    coef = chunk_coefficients(_chunks(lr, n, chunk), _chunks(keep, n, chunk), _chunks(eta, n, chunk),
                               m_src, omega, with_anchor)
     # Split along chunks once: indexing inside the loop would give every chunk a full-size backward.
-    q_c = _chunks(q_, n, chunk).unbind(2)
-    k_src, v_src, m_src = k_src.unbind(2), v_src.unbind(2), m_src.unbind(2)
+    q_c = _chunks(q, n, chunk).unbind(2)
+    k_src, v_src = k_src.unbind(2), v_src.unbind(2)
+    m_src = None if m_src is None else m_src.unbind(2)
     t_src = None if t_src is None else t_src.unbind(2)
     fields = (getattr(coef, f.name) for f in dataclasses.fields(coef))
     coef_c = tuple(None if c is None else c.unbind(2) for c in fields)  # per chunk, split once
+    # Forget-first rules (per token, so one-token chunks) take the gradient on the memory after the token's decay.
+    keep_c = _chunks(keep, n, chunk).unbind(2) if rule.forget_first else None
     outputs = []
+    row = chunk - 1
     for i in range(n):
-        row = chunk - 1 if i < n - 1 else (t - 1) % chunk
         coef_i = ChunkCoefficients(*(None if c is None else c[i] for c in coef_c))
-        inputs = (q_c[i], k_src[i], v_src[i], None if t_src is None else t_src[i], m_src[i], coef_i,
-                  carry.ref, carry.weights, carry.step, carry.momentum, carry.accum, carry.anchor)
+        ref = carry.ref if keep_c is None else tuple(keep_c[i].unsqueeze(-1) * r for r in carry.ref)
+        inputs = (q_c[i], k_src[i], v_src[i], None if t_src is None else t_src[i],
+                  None if m_src is None else m_src[i], coef_i,
+                  ref, carry.weights, carry.step, carry.momentum, carry.accum, carry.anchor)
         if recompute and torch.is_grad_enabled():
             # Keep only the chunk's inputs; its intermediates are rebuilt during the backward.
             out, weights, step, momentum, accum = checkpoint(_chunk_step, rule, row, *inputs, use_reentrant=False)
@@ -193,8 +183,7 @@ def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep:
             carry.boundary()
 
     carry.push_past(k, v, thr, torch.ones(b, h, t, dtype=q.dtype, device=q.device))
-    out = torch.cat(outputs, dim=2)
-    return out[:, :, :t]
+    return torch.cat(outputs, dim=2) if n > 1 else outputs[0]
 
 
 def memorize_chunked(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep: Tensor,
@@ -205,19 +194,25 @@ def memorize_chunked(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tens
     carry = _Carry(rule, state)
     t = q.shape[2]
     offset = state.offset
-    pieces, start = [], 0
+    pieces = []
+
+    def group(begin: int, end: int, size: int, complete: bool) -> None:
+        sl = slice(begin, end)
+        pieces.append(_run_group(carry, q[:, :, sl], k[:, :, sl], v[:, :, sl], lr[:, :, sl], keep[:, :, sl],
+                                 None if eta is None else eta[:, :, sl], None if thr is None else thr[:, :, sl],
+                                 size, complete, recompute))
+
+    # Groups of whole chunks; a chunk in progress (from the state) and a trailing partial chunk are groups of
+    # their own, sized to their tokens, so nothing is ever padded (a one-token decode step costs one token).
+    start = 0
     if offset:
-        first = min(chunk - offset, t)
-        sl = slice(0, first)
-        pieces.append(_run_group(carry, q[:, :, sl], k[:, :, sl], v[:, :, sl], lr[:, :, sl], keep[:, :, sl],
-                                 None if eta is None else eta[:, :, sl], None if thr is None else thr[:, :, sl],
-                                 first, offset + first == chunk, recompute))
-        start = first
-    if start < t:
-        sl = slice(start, t)
-        pieces.append(_run_group(carry, q[:, :, sl], k[:, :, sl], v[:, :, sl], lr[:, :, sl], keep[:, :, sl],
-                                 None if eta is None else eta[:, :, sl], None if thr is None else thr[:, :, sl],
-                                 chunk, (t - start) % chunk == 0, recompute))
+        start = min(chunk - offset, t)
+        group(0, start, start, offset + start == chunk)
+    whole = (t - start) // chunk * chunk
+    if whole:
+        group(start, start + whole, chunk, True)
+    if start + whole < t:
+        group(start + whole, t, t - start - whole, False)
     new_offset = (offset + t) % chunk
     pk, pv, pt, pm = carry.past
     new_state = MemoryState(

@@ -9,8 +9,8 @@ of token i at the chunk-start weights:
     F[t, s] = Π_{s<j≤t} (1 − α_j)      E[s, i] = Π_{i<j≤s} η_j      β_t = Π_{j≤t} (1 − α_j)     e_t = Π_{j≤t} η_j
     A = F · E · diag(θ) · Ω   c = F · e   B = E · diag(θ) · Ω
 
-Ω is the (banded) Omega window matrix. Padding only ever follows the real tokens, and every matrix is lower
-triangular, so padded positions never reach a real one. Products are taken with cumprod on masked matrices,
+Ω is the (banded) Omega window matrix; its sources that do not exist yet (before the first token) are masked.
+Every matrix is lower triangular. Products are taken with cumprod on masked matrices,
 never as exp(Σ log), so gates of exactly 0 or 1 are exact.
 """
 
@@ -53,10 +53,10 @@ class ChunkCoefficients:
     momentum_anchor: Tensor | None  # Σ_s E[t, s] θ_s [..., C]
 
 
-def chunk_coefficients(lr: Tensor, keep: Tensor, eta: Tensor | None, source_mask: Tensor,
+def chunk_coefficients(lr: Tensor, keep: Tensor, eta: Tensor | None, source_mask: Tensor | None,
                        omega: Tensor | None, with_anchor: bool) -> ChunkCoefficients:
-    """Gates lr (θ), keep (1 − α), eta (η or None): [..., C]; source_mask (1 = a real source) [..., Cw];
-    omega [C, Cw] or None (window 1, Cw = C)."""
+    """Gates lr (θ), keep (1 − α), eta (η or None): [..., C]; source_mask (1 = a real source) [..., Cw] or None
+    (all real); omega [C, Cw] or None (window 1, Cw = C)."""
     forget = segment_products(keep)
     beta = torch.cumprod(keep, dim=-1)
     if eta is None:
@@ -70,9 +70,11 @@ def chunk_coefficients(lr: Tensor, keep: Tensor, eta: Tensor | None, source_mask
         momentum_theta = decay * lr.unsqueeze(-2)
         momentum_anchor = momentum_theta.sum(-1) if with_anchor else None
         momentum = momentum_theta @ omega if omega is not None else momentum_theta
-        momentum = momentum * source_mask.unsqueeze(-2)
+        if source_mask is not None:
+            momentum = momentum * source_mask.unsqueeze(-2)
     mixing_theta = mixing * lr.unsqueeze(-2)
     anchor = mixing_theta.sum(-1) if with_anchor else None
     read = mixing_theta @ omega if omega is not None else mixing_theta
-    read = read * source_mask.unsqueeze(-2)
+    if source_mask is not None:
+        read = read * source_mask.unsqueeze(-2)
     return ChunkCoefficients(beta, read, momentum_in, anchor, carry, momentum, momentum_anchor)

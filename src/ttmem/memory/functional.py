@@ -1,11 +1,29 @@
-"""``memorize``: the one functional entry point that layers, tests and benchmarks use.
+"""``memorize``: the functional entry point of the memory engine, and ``run_memory``, the core that layers call.
 
-It validates its input (clear errors naming the argument), builds the initial state when none is given, and
-dispatches to a fast path or to the token-by-token reference. Public tensors are laid out [batch, time, heads, dim]
-like attention inputs; the engine works in [batch, heads, time, dim].
+Two layers of checking, so that the hot path never waits on the device:
+
+- ``memorize`` (public, [batch, time, heads, dim] layout) checks what costs nothing: types, shapes, dtypes, the
+  state's rule, shapes, dtype and batch, which are all host-side attributes. Checks that must read tensor values
+  (NaN / infinity, gates outside [0, 1], a non-finite result from finite inputs) run only with value checks on:
+  ``memorize(..., check_values=True)``, ``with value_checks(): ...``, or ``TTMEM_CHECK_VALUES=1`` in the
+  environment. Each of them is a host synchronisation on a GPU.
+- ``run_memory`` (engine layout [batch, heads, time, dim], no argument checks) is what layers call in their hot
+  loop: it fills default gates and dispatches to one of the paths in ``IMPLS``.
+
+Paths (``impl``):
+- ``"chunked"``: the chunked dual form (``chunked.py``), every rule.
+- ``"delta_rule"``: the exact per-token WY / UT form (``delta_rule.py``) for linear ℓ2 rules without momentum.
+- ``"step"``: one token (``step.py``), the decoding step; rules without an Omega window, retention view or anchor.
+- ``"reference"``: token by token with plain autograd (``reference.py``); slow, the tests' ground truth.
+- ``"auto"`` (default): ``"step"`` for one token where it applies, else ``"delta_rule"`` where it applies, else
+  ``"chunked"``.
 """
 
 from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -15,8 +33,32 @@ from .delta_rule import memorize_delta_rule
 from .reference import memorize_reference
 from .rules import MemoryRule, get_rule
 from .state import MemoryState
+from .step import memorize_token, step_applies
 
-IMPLS = ("chunked", "reference")
+IMPLS = ("auto", "chunked", "delta_rule", "step", "reference")
+
+_value_checks = os.environ.get("TTMEM_CHECK_VALUES", "") not in ("", "0")
+
+
+def set_value_checks(enabled: bool) -> bool:
+    """Turn the value checks (NaN, gate ranges, non-finite results) on or off globally; returns the old setting."""
+    global _value_checks
+    old, _value_checks = _value_checks, bool(enabled)
+    return old
+
+
+@contextmanager
+def value_checks(enabled: bool = True) -> Iterator[None]:
+    """``with value_checks(): ...`` runs every ``memorize`` (and every memory layer) inside with value checks."""
+    old = set_value_checks(enabled)
+    try:
+        yield
+    finally:
+        set_value_checks(old)
+
+
+def value_checks_enabled() -> bool:
+    return _value_checks
 
 
 def initial_state(rule: str | MemoryRule, batch: int, heads: int, dim_k: int, dim_v: int, *,
@@ -38,7 +80,7 @@ def initial_state(rule: str | MemoryRule, batch: int, heads: int, dim_k: int, di
     accum = None
     if rule.retention.has_view:
         accum, base = base, rule.retention.apply_view(base)
-    state = MemoryState(weights=base, accum=accum)
+    state = MemoryState(weights=base, accum=accum, rule=rule.name)
     if rule.momentum:
         state.momentum = tuple(torch.zeros_like(w) for w in base)
         if rule.newton_schulz_steps:
@@ -56,7 +98,17 @@ def initial_state(rule: str | MemoryRule, batch: int, heads: int, dim_k: int, di
     return state
 
 
-def _check_tensor(name: str, x: Tensor, shape: tuple[int, ...] | None = None, dim: int | None = None) -> None:
+# -- checks that read only host-side attributes -------------------------------------------------------------
+
+
+def check_chunk_size(chunk_size: object) -> int:
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    return chunk_size
+
+
+def _check_tensor(name: str, x: Tensor, shape: tuple[int, ...] | None = None, dim: int | None = None,
+                  dtype: torch.dtype | None = None) -> None:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -65,118 +117,194 @@ def _check_tensor(name: str, x: Tensor, shape: tuple[int, ...] | None = None, di
         raise ValueError(f"{name} must have {dim} dims [batch, time, heads, dim], got shape {tuple(x.shape)}")
     if shape is not None and tuple(x.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"{name} has dtype {x.dtype} but q has {dtype}; give q, k and v one dtype")
+
+
+def check_state(state: MemoryState, rule: MemoryRule, batch: int, heads: int, dim_k: int, dim_v: int,
+                chunk: int, dtype: torch.dtype) -> None:
+    """Everything about a state that can be known without reading its values."""
+    if not isinstance(state, MemoryState):
+        raise TypeError(f"state must be a MemoryState or None, got {type(state).__name__}")
+    if state.rule is not None and state.rule != rule.name:
+        raise ValueError(f"state was made by rule {state.rule!r} and cannot be continued by rule {rule.name!r}")
+    shapes = rule.architecture.shapes(dim_k, dim_v)
+    if len(state.weights) != len(shapes):
+        raise ValueError(f"state: rule {rule.name!r} has {len(shapes)} memory layers, state has {len(state.weights)}")
+    if state.weights[0].shape[0] != batch:
+        raise ValueError(f"state has batch size {state.weights[0].shape[0]}, the input has {batch}")
+    for i, (w, (o, n)) in enumerate(zip(state.weights, shapes)):
+        if tuple(w.shape) != (batch, heads, o, n):
+            raise ValueError(f"state.weights[{i}]: expected shape {(batch, heads, o, n)}, got {tuple(w.shape)}")
+    if state.weights[0].dtype != dtype and not torch.is_autocast_enabled(state.weights[0].device.type):
+        raise TypeError(f"state has dtype {state.weights[0].dtype} but the input has {dtype}; "
+                        f"convert one of them (state.to(dtype))")
+    parts = (("momentum", rule.momentum, state.momentum is not None),
+             ("an Omega window", rule.window > 1, state.past_k is not None),
+             ("a retention accumulator", rule.retention.has_view, state.accum is not None),
+             ("an orthogonalised momentum", bool(rule.newton_schulz_steps), state.momentum_step is not None))
+    for what, needed, present in parts:
+        if needed != present:
+            raise ValueError(f"state: rule {rule.name!r} {'needs' if needed else 'has no'} {what}, "
+                             f"the state {'lacks it' if needed else 'has one'}")
+    if state.past_k is not None and state.past_k.shape[2] != rule.window - 1:
+        raise ValueError(f"state holds {state.past_k.shape[2]} past tokens, rule {rule.name!r} a window of "
+                         f"{rule.window - 1}")
+    if not 0 <= state.offset < chunk:
+        raise ValueError(f"state.offset {state.offset} is not inside a chunk of size {chunk}")
+
+
+# -- checks that read values (host synchronisations on a GPU; on with value checks) ---------------------------
+
+
+def _check_finite(name: str, x: Tensor) -> None:
+    if not bool(torch.isfinite(x.detach()).all()):
         raise ValueError(f"{name} contains NaN or infinite values")
 
 
-def _check_gate(name: str, g: Tensor | None, shape: tuple[int, ...], unit: bool = True) -> None:
-    if g is None:
-        return
-    _check_tensor(name, g, shape)
+def _check_range(name: str, g: Tensor, unit: bool = True) -> None:
     low, high = float(g.detach().min()), float(g.detach().max())
     if low < 0 or (unit and high > 1):
         bound = "[0, 1]" if unit else ">= 0"
         raise ValueError(f"{name} must lie in {bound}, got values in [{low:.4g}, {high:.4g}]")
 
 
-def _check_state(state: MemoryState, rule: MemoryRule, batch: int, heads: int, dim_k: int, dim_v: int,
-                 chunk: int) -> None:
-    if not isinstance(state, MemoryState):
-        raise TypeError(f"state must be a MemoryState or None, got {type(state).__name__}")
-    shapes = rule.architecture.shapes(dim_k, dim_v)
-    if len(state.weights) != len(shapes):
-        raise ValueError(f"state: rule {rule.name!r} has {len(shapes)} memory layers, state has {len(state.weights)}")
-    for i, (w, (o, n)) in enumerate(zip(state.weights, shapes)):
-        if tuple(w.shape) != (batch, heads, o, n):
-            raise ValueError(f"state.weights[{i}]: expected shape {(batch, heads, o, n)}, got {tuple(w.shape)}")
-    if rule.momentum != (state.momentum is not None):
-        raise ValueError(f"state: rule {rule.name!r} {'needs' if rule.momentum else 'has no'} momentum")
-    if not 0 <= state.offset < chunk:
-        raise ValueError(f"state.offset {state.offset} is not inside a chunk of size {chunk}")
-    for name, t in (("state.weights", state.weights), ("state.momentum", state.momentum)):
-        if t is not None and not all(bool(torch.isfinite(x.detach()).all()) for x in t):
-            raise ValueError(f"{name} contains NaN or infinite values")
+def check_input_values(tensors: dict[str, Tensor | None], gates: dict[str, Tensor | None], state: MemoryState) -> None:
+    """NaN / infinity in any input or state tensor, gates outside their range."""
+    for name, x in tensors.items():
+        if x is not None:
+            _check_finite(name, x)
+    for name, g in gates.items():
+        if g is not None:
+            _check_finite(name, g)
+            _check_range(name, g, unit=name != "threshold")
+    for name in ("weights", "momentum"):
+        value = getattr(state, name)
+        if value is not None:
+            for x in value:
+                _check_finite(f"state.{name}", x)
+
+
+def check_result(out: Tensor, tensors: dict[str, Tensor]) -> None:
+    """A non-finite result from finite inputs: name the likely cause."""
+    if not bool(torch.isfinite(out.detach()).all()):
+        scale = max(float(x.detach().abs().max()) for x in tensors.values())
+        raise ValueError(f"the memory produced NaN or infinite values from finite inputs (largest |input| "
+                         f"{scale:.3g}); scale q, k, v down or lower the step size")
+
+
+# -- the core ------------------------------------------------------------------------------------------------
+
+
+def _delta_rule_applies(rule: MemoryRule, state: MemoryState) -> bool:
+    """The exact per-token delta-rule fast path: linear memory, ℓ2, no momentum, window or anchor."""
+    return rule.exact_delta_rule and state.anchor is None
+
+
+def run_memory(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep: Tensor | None,
+               eta: Tensor | None, thr: Tensor | None, chunk_size: int, state: MemoryState, impl: str = "auto",
+               recompute: bool = False) -> tuple[Tensor, MemoryState]:
+    """The engine without argument checks. Engine layout: q, k [B, H, T, dk], v [B, H, T, dv]; lr (θ), keep
+    (1 − α, None = 1), eta (η, None = 0), thr (Huber δ, None = the rule's constant) [B, H, T]; ``state`` must
+    be a state of this rule (see ``initial_state``). Returns out [B, H, T, dv] and the new state."""
+    chunk = 1 if rule.per_token else chunk_size
+    if impl == "auto":
+        if q.shape[2] == 1 and step_applies(rule, state):
+            impl = "step"
+        elif _delta_rule_applies(rule, state):
+            impl = "delta_rule"
+        else:
+            impl = "chunked"
+    if rule.objective.uses_threshold and thr is None:
+        thr = torch.full_like(lr, rule.objective.threshold)
+    if impl == "step":
+        out, new_state = memorize_token(rule, q, k, v, lr, keep, eta, thr, chunk, state)
+    else:
+        if keep is None:
+            keep = torch.ones_like(lr)
+        if rule.momentum and eta is None:
+            eta = torch.zeros_like(lr)
+        if impl == "reference":
+            out, new_state = memorize_reference(rule, q, k, v, lr, keep, eta, thr, chunk, state)
+        elif impl == "delta_rule":
+            out, new_state = memorize_delta_rule(q, k, v, lr, keep, chunk_size, state, rule.forget_first)
+        else:
+            out, new_state = memorize_chunked(rule, q, k, v, lr, keep, eta, thr, chunk, state, recompute)
+    new_state.rule = rule.name
+    return out, new_state
 
 
 def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | None = None,
              forget: Tensor | None = None, rule: str | MemoryRule = "titans", chunk_size: int = 64,
-             state: MemoryState | None = None, impl: str = "chunked", threshold: Tensor | None = None,
-             recompute: bool = False) -> tuple[Tensor, MemoryState]:
+             state: MemoryState | None = None, impl: str = "auto", threshold: Tensor | None = None,
+             recompute: bool = False, check_values: bool | None = None) -> tuple[Tensor, MemoryState]:
     """Write (k, v) pairs into a memory that learns at test time, reading it with q after each write.
 
     Args:
-        q, k: [batch, time, heads, dim_k]; v: [batch, time, heads, dim_v].
+        q, k: [batch, time, heads, dim_k]; v: [batch, time, heads, dim_v]; one floating dtype.
         lr: step size θ_t [batch, time, heads] in [0, 1].
         momentum: momentum keep η_t [batch, time, heads] in [0, 1] (rules with momentum; None means 0).
         forget: forget gate α_t [batch, time, heads] in [0, 1] (None means 0).
         rule: preset name (see ``RULES``) or a ``MemoryRule``.
         chunk_size: tokens per chunk; gradients are taken at the chunk-start weights (1 = fully sequential).
             Rules flagged ``per_token`` always update token by token; the chunk size then only blocks the work.
-        state: the state returned by a previous call (continues the sequence exactly), or None.
-        impl: "chunked" (fast) or "reference" (token by token, plain autograd).
+        state: the state returned by a previous call of the same rule (continues the sequence exactly), or None.
+        impl: one of ``IMPLS``; "auto" picks the fastest exact path (module docstring).
         threshold: Huber threshold δ_t [batch, time, heads] > 0 (Huber objective; None means the rule's constant).
         recompute: chunked dual form only: keep just each chunk's inputs for the backward and recompute its
             intermediates there (activation checkpointing per chunk). Same results; less memory, more time.
+        check_values: also check values (NaN, gate ranges, a non-finite result); None follows ``value_checks``.
 
     Returns:
         out [batch, time, heads, dim_v] (y_t = M_{W_t}(q_t), read after write) and the new ``MemoryState``.
     """
     rule = get_rule(rule)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an integer >= 1, got {chunk_size!r}")
+    check_chunk_size(chunk_size)
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     if not isinstance(recompute, bool):
         raise TypeError(f"recompute must be a bool, got {type(recompute).__name__}")
     _check_tensor("q", q, dim=4)
     batch, time, heads, dim_k = q.shape
-    _check_tensor("k", k, shape=tuple(q.shape))
-    _check_tensor("v", v, dim=4)
+    _check_tensor("k", k, shape=tuple(q.shape), dtype=q.dtype)
+    _check_tensor("v", v, dim=4, dtype=q.dtype)
     if tuple(v.shape[:3]) != (batch, time, heads):
         raise ValueError(f"v must have shape [{batch}, {time}, {heads}, dim_v], got {tuple(v.shape)}")
     if time == 0:
         raise ValueError("q, k, v must have at least one time step")
+    if batch == 0:
+        raise ValueError("q, k, v must have a batch size of at least 1")
     dim_v = v.shape[-1]
-    gate_shape = (batch, time, heads)
-    _check_gate("lr", lr, gate_shape)
-    _check_gate("momentum", momentum, gate_shape)
-    _check_gate("forget", forget, gate_shape)
-    _check_gate("threshold", threshold, gate_shape, unit=False)
+    gates = {"lr": lr, "momentum": momentum, "forget": forget, "threshold": threshold}
+    for name, g in gates.items():
+        if g is not None:
+            _check_tensor(name, g, (batch, time, heads))
     if momentum is not None and not rule.momentum:
         raise ValueError(f"momentum was given but rule {rule.name!r} has no momentum")
     if threshold is not None and not rule.objective.uses_threshold:
         raise ValueError(f"threshold was given but rule {rule.name!r} uses the {rule.objective.kind!r} objective")
+    if impl == "step" and time != 1:
+        raise ValueError(f"impl 'step' takes one token, got time = {time}")
     chunk = 1 if rule.per_token else chunk_size
     if state is None:
         state = initial_state(rule, batch, heads, dim_k, dim_v, dtype=q.dtype, device=q.device)
     else:
-        _check_state(state, rule, batch, heads, dim_k, dim_v, chunk)
+        check_state(state, rule, batch, heads, dim_k, dim_v, chunk, q.dtype)
+    if impl == "step" and not step_applies(rule, state):
+        raise ValueError(f"impl 'step' does not serve rule {rule.name!r} (Omega window, retention view or anchor)")
+    if impl == "delta_rule" and not _delta_rule_applies(rule, state):
+        raise ValueError(f"impl 'delta_rule' needs a linear ℓ2 per-token rule without momentum, got {rule.name!r}")
+    checking = _value_checks if check_values is None else check_values
+    if checking:
+        check_input_values({"q": q, "k": k, "v": v}, gates, state)
 
     def engine(x: Tensor | None) -> Tensor | None:
         return None if x is None else x.to(q.dtype).movedim(1, 2)
 
-    q_, k_, v_ = engine(q), engine(k), engine(v)
-    lr_ = engine(lr)
-    keep = 1.0 - engine(forget) if forget is not None else torch.ones_like(lr_)
-    eta = None
-    if rule.momentum:
-        eta = engine(momentum) if momentum is not None else torch.zeros_like(lr_)
-    thr = engine(threshold)
-    if rule.objective.uses_threshold and thr is None:
-        thr = torch.full_like(lr_, rule.objective.threshold)
-
-    if impl == "reference":
-        out, new_state = memorize_reference(rule, q_, k_, v_, lr_, keep, eta, thr, chunk, state)
-    elif _delta_rule_applies(rule, state):
-        out, new_state = memorize_delta_rule(q_, k_, v_, lr_, keep, chunk_size, state, rule.forget_first)
-    elif rule.forget_first:
-        raise ValueError(f"state.anchor: rule {rule.name!r} decays before its delta step, which only the exact "
-                         "delta rule implements, and that path takes no anchor; pass a state without one")
-    else:
-        out, new_state = memorize_chunked(rule, q_, k_, v_, lr_, keep, eta, thr, chunk, state, recompute)
-    return out.movedim(2, 1), new_state
-
-
-def _delta_rule_applies(rule: MemoryRule, state: MemoryState) -> bool:
-    """The exact per-token delta-rule fast path: linear memory, ℓ2, no momentum, window or anchor."""
-    return rule.exact_delta_rule and state.anchor is None
+    keep = None if forget is None else 1.0 - engine(forget)
+    out, new_state = run_memory(rule, engine(q), engine(k), engine(v), engine(lr), keep, engine(momentum),
+                                engine(threshold), chunk_size, state, impl, recompute)
+    out = out.movedim(2, 1)
+    if checking:
+        check_result(out, {"q": q, "k": k, "v": v})
+    return out, new_state

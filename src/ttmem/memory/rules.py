@@ -19,8 +19,8 @@ Learner fields:
   the gradient is taken at W_{t−1} and forgetting acts alongside the step, W_t = (1 − α_t) W_{t−1} − θ_t ∇ℓ(W_{t−1}).
   True (Gated DeltaNet): the memory is decayed first and the gradient taken on the decayed memory,
   W_t = (1 − α_t) W_{t−1} − θ_t ∇ℓ((1 − α_t) W_{t−1}); for a linear ℓ2 memory with α the keep factor of the
-  paper this is S_t = α_t S_{t−1} + β_t (v_t − α_t S_{t−1} k_t) k_tᵀ. Only the exact per-token delta rule
-  (linear, ℓ2, no momentum, window or retention view) implements it: with chunked gradients at the chunk-start
+  paper this is S_t = α_t S_{t−1} + β_t (v_t − α_t S_{t−1} k_t) k_tᵀ. Only rules that run as the exact per-token
+  delta rule (linear, ℓ2, no momentum, window or retention view) accept it: with gradients at a chunk's start
   weights there is no per-token decayed memory to differentiate at.
 
 ``docs/rules.md`` gives each preset's source equation and every deliberate deviation from it.

@@ -2,7 +2,8 @@
 
 All tensors are per batch and head. ``weights`` are what reads use (for a linear memory one [B, H, dv, dk] tensor
 with M(k) = W k). A call may end inside a chunk; ``ref`` then holds that chunk's start weights (gradients are taken
-there) and ``offset`` how many of its tokens are done.
+there) and ``offset`` how many of its tokens are done. ``rule`` names the rule that made the state, so a state is
+never silently read by another rule (shapes, dtype and batch are read off the tensors themselves).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class MemoryState:
     past_v: Tensor | None = None                  # ... values [B, H, window−1, dv]
     past_threshold: Tensor | None = None          # ... Huber thresholds [B, H, window−1]
     past_mask: Tensor | None = None               # ... 1 where a past token exists [B, H, window−1]
+    rule: str | None = None                       # name of the rule that made this state
 
     def _map(self, fn) -> MemoryState:
         changes = {}
@@ -50,3 +52,7 @@ class MemoryState:
     @property
     def heads(self) -> int:
         return self.weights[0].shape[1]
+
+    @property
+    def dtype(self):
+        return self.weights[0].dtype

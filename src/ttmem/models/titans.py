@@ -22,7 +22,7 @@ Design choices:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -67,8 +67,8 @@ def _detach(value: Any) -> Any:
 class MACState:
     """memory: running memory state (its conv history is that of the written attention outputs);
     segment_memory: memory at the open segment's start; retrieval_conv: conv history of the retrieval
-    stream (the segment inputs) [B, channels, kernel - 1] or None; cache: KV cache of the open segment
-    (None at a boundary); offset: tokens done in the open segment."""
+    stream (the segment inputs; query channels only) [B, heads · dim_head, kernel - 1] or None; cache: KV
+    cache of the open segment (None at a boundary); offset: tokens done in the open segment."""
 
     memory: NeuralMemoryState | None
     segment_memory: NeuralMemoryState | None
@@ -90,19 +90,6 @@ class MemoryAsContext(nn.Module):
         self.memory = neural_memory(config)
         self.attention = attention(config, None)
 
-    def _retrieve(self, piece: Tensor, segment_memory: NeuralMemoryState, conv: Tensor | None) -> tuple[Tensor, Any]:
-        """Read the segment-start weights with the piece's queries; the short conv runs over the retrieval
-        stream's own history. Returns (h [B, t, dim], the retrieval stream's new conv history)."""
-        reading_state = replace(segment_memory, conv=conv)
-        retrieved = self.memory.retrieve(piece, reading_state)
-        kernel = self.memory.conv_kernel
-        if self.memory.conv is None:
-            return retrieved, None
-        projected = self.memory.to_qkv(piece).transpose(1, 2)  # the conv's input, as NeuralMemory forms it
-        if conv is None:
-            conv = projected.new_zeros(projected.shape[0], projected.shape[1], kernel - 1)
-        return retrieved, torch.cat((conv, projected), dim=2)[:, :, -(kernel - 1) :]
-
     def forward(self, x: Tensor, state: MACState | None = None) -> tuple[Tensor, MACState]:
         """x: [B, T, dim] -> (o [B, T, dim], state after the last token)."""
         if state is None:
@@ -115,7 +102,9 @@ class MemoryAsContext(nn.Module):
                 segment_memory, cache = memory, None
             end = min(x.shape[1], begin + self.segment_len - offset)
             piece = x[:, begin:end]
-            retrieved, conv = self._retrieve(piece, segment_memory, conv)
+            # Read the segment-start weights with the piece's queries; the retrieval stream keeps its own conv
+            # history (query channels only).
+            retrieved, conv = self.memory.read(piece, segment_memory.memory, conv)
             attended, cache = self.attention(piece, cache, memory_tokens=retrieved)
             fresh, memory = self.memory(attended, memory)
             outputs.append(attended * fresh)

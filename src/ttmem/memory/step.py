@@ -1,0 +1,72 @@
+"""One token through the memory: the decoding step (the ``step()`` of state-space models).
+
+Semantics are exactly the chunked engine's (``chunked.py``), specialised to one token: the token's gradient is
+taken at the chunk-start weights ``ref`` (for per-token rules, the current weights; for ``forget_first`` rules,
+those weights after the token's decay), momentum and forgetting advance once, and the read uses the new weights
+(read after write). Nothing is padded and no coefficient matrix is built, so one step costs what the rule's
+per-token FLOP formula says: for a linear memory 6·dk·dv (predict W k, rank-one gradient, read W q), for a
+two-layer MLP memory h·(6·dk + 8·dv).
+
+Rules with an Omega window, a retention view or an anchor keep earlier tokens' or accumulators' state that this
+step does not model; ``step_applies`` says which rules it serves and the dispatcher sends the others through the
+chunked engine with a one-token group (still no padding).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from .newton_schulz import newton_schulz
+from .rules import MemoryRule
+from .state import MemoryState
+
+
+def step_applies(rule: MemoryRule, state: MemoryState) -> bool:
+    """Whether ``memorize_token`` models every part of this rule's state."""
+    return (rule.window == 1 and not rule.retention.has_view and rule.retention.anchor == 0
+            and state.anchor is None)
+
+
+def memorize_token(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep: Tensor | None,
+                   eta: Tensor | None, thr: Tensor | None, chunk: int, state: MemoryState
+                   ) -> tuple[Tensor, MemoryState]:
+    """Engine layout with one time step: q, k [B, H, 1, dk], v [B, H, 1, dv], gates [B, H, 1] (keep = 1 − α,
+    None meaning 1; eta None meaning 0). Returns out [B, H, 1, dv] and the state after the token."""
+    arch = rule.architecture
+    ref = state.ref if state.ref is not None else state.weights
+    at = ref  # where the token's gradient is taken
+    if rule.forget_first and keep is not None:  # Gated DeltaNet: on the memory after this token's decay
+        at = tuple(keep.unsqueeze(-1) * w for w in ref)
+    pred, xs, pre = arch.forward_with_cache(at, k)
+    gs = arch.output_grads(at, pre, rule.objective.grad(pred, v, thr))
+    theta = lr.unsqueeze(-1)  # [B, H, 1, 1]
+    # Per layer the token's weight gradient g xᵀ, as a matmul (so FLOP counters see the rank-one product).
+    grads = tuple(g.mT @ x for g, x in zip(gs, xs))
+
+    momentum, step = state.momentum, None
+    momentum_step = state.momentum_step
+    if momentum is not None:
+        keep_m = 0.0 if eta is None else eta.unsqueeze(-1)
+        momentum = tuple(keep_m * s - theta * u for s, u in zip(momentum, grads))
+        if momentum_step is not None:  # Newton–Schulz rules: the weights see the orthogonalised buffer
+            momentum_step = tuple(keep_m * s - theta * u for s, u in zip(momentum_step, grads))
+            step = momentum_step
+        else:
+            step = momentum
+    else:
+        step = tuple(-theta * u for u in grads)
+    if keep is None:
+        weights = tuple(w + s for w, s in zip(state.weights, step))
+    else:
+        f = keep.unsqueeze(-1)
+        weights = tuple(f * w + s for w, s in zip(state.weights, step))
+    out = arch.forward(weights, q)
+
+    offset = state.offset + 1
+    if offset == chunk:  # chunk complete: new reference weights, orthogonalised momentum
+        offset, ref = 0, None
+        if rule.newton_schulz_steps:
+            momentum_step = tuple(newton_schulz(s, rule.newton_schulz_steps) for s in momentum)
+    new_state = MemoryState(weights=weights, momentum=momentum, momentum_step=momentum_step,
+                            ref=None if offset == 0 else ref, offset=offset, rule=state.rule)
+    return out, new_state
