@@ -6,7 +6,7 @@ import pytest
 import torch
 from memory_cases import make_inputs
 
-from ttmem.memory import MemoryArchitecture, MemoryRule, Objective, initial_state, memorize
+from ttmem.memory import MemoryArchitecture, MemoryRule, Objective, get_rule, initial_state, memorize
 
 IMPLS = ("chunked", "reference")
 
@@ -52,16 +52,21 @@ def test_forget_one_resets_hebbian_memory_each_token(impl, chunk):
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_forget_one_linear_l2_keeps_only_current_token():
-    """Linear ℓ2 memory with α = 1: W_t = θ_t (v_t − W_{t−1} k_t) k_tᵀ, a closed form per token."""
-    inputs = make_inputs("gated_delta", time=6, dim=5)
+@pytest.mark.parametrize("forget_first", [False, True], ids=["titans-order", "forget-first"])
+def test_forget_one_linear_l2_keeps_only_current_token(forget_first):
+    """Linear ℓ2 memory with α = 1, a closed form per token. Titans order (error on the undecayed memory):
+    W_t = θ_t (v_t − W_{t−1} k_t) k_tᵀ. Forget first (Gated DeltaNet, the memory is wiped before the delta step):
+    W_t = θ_t v_t k_tᵀ."""
+    rule = get_rule("gated_delta").replace(forget_first=forget_first)
+    inputs = make_inputs(rule, time=6, dim=5)
     inputs["forget"] = torch.ones_like(inputs["lr"])
-    out, state = memorize(**inputs, rule="gated_delta", chunk_size=4)
+    out, state = memorize(**inputs, rule=rule, chunk_size=4)
     w = torch.zeros(1, 2, 5, 5, dtype=torch.float64)
     for t in range(6):
         k, v, q = inputs["k"][:, t], inputs["v"][:, t], inputs["q"][:, t]
         th = inputs["lr"][:, t, :, None, None]
-        w = th * (v - torch.einsum("bhij,bhj->bhi", w, k)).unsqueeze(-1) * k.unsqueeze(-2)
+        recalled = torch.zeros_like(v) if forget_first else torch.einsum("bhij,bhj->bhi", w, k)
+        w = th * (v - recalled).unsqueeze(-1) * k.unsqueeze(-2)
         torch.testing.assert_close(out[:, t], torch.einsum("bhij,bhj->bhi", w, q), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(state.weights[0], w, rtol=1e-12, atol=1e-12)
 

@@ -3,6 +3,7 @@
 x -> q, k, v (one projection, optional short causal depthwise conv + SiLU, ℓ2-normalised q and k, per head)
   -> gates from learned projections of x: step size θ, momentum η, forget α (and a Huber threshold δ for
      rules that use one), per token by default, held per chunk or fixed per head optionally
+     (``forget_gate="mamba2"``: Gated DeltaNet's decay, α = 1 − exp(−softplus(a_t) · A_h), see ``_mamba2_forget``)
   -> memorize(...) with learned initial memory weights per head
   -> RMS norm per head, SiLU output gate, head merge.
 
@@ -25,6 +26,7 @@ from ..memory import MemoryRule, MemoryState, get_rule, initial_state, run_memor
 from ..memory.functional import check_chunk_size, check_input_values, value_checks_enabled
 
 GATE_MODES = ("token", "chunk", "fixed")
+FORGET_GATES = ("sigmoid", "mamba2")
 
 
 @dataclass
@@ -43,7 +45,7 @@ class NeuralMemory(nn.Module):
 
     def __init__(self, dim: int, heads: int = 1, chunk_size: int = 64, rule: str | MemoryRule = "titans",
                  dim_head: int | None = None, conv_kernel: int = 4, gate_mode: str = "token",
-                 max_lr: float = 1.0, recompute: bool = False):
+                 max_lr: float = 1.0, recompute: bool = False, forget_gate: str = "sigmoid"):
         super().__init__()
         if dim < 1 or heads < 1:
             raise ValueError(f"dim and heads must be >= 1, got dim={dim}, heads={heads}")
@@ -55,6 +57,11 @@ class NeuralMemory(nn.Module):
         if dim_head is None and dim % heads:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads}) when dim_head is not given")
         self.rule = get_rule(rule)
+        if forget_gate not in FORGET_GATES:
+            raise ValueError(f"forget_gate must be one of {FORGET_GATES}, got {forget_gate!r}")
+        if forget_gate != "sigmoid" and not self.rule.forgetting:
+            raise ValueError(f"forget_gate={forget_gate!r} needs a rule with forgetting; {self.rule.name!r} has none")
+        self.forget_gate = forget_gate
         self.dim, self.heads, self.chunk_size = dim, heads, chunk_size
         self.dim_head = dim_head or dim // heads
         if self.dim_head < 1:
@@ -83,6 +90,9 @@ class NeuralMemory(nn.Module):
             with torch.no_grad():
                 self.to_gates.bias.copy_(bias)
 
+        if forget_gate == "mamba2":
+            self._init_mamba2_forget()
+
         init = self.rule.initial_weights(heads, self.dim_head, self.dim_head)
         self.initial_weights = nn.ParameterList([nn.Parameter(w.clone()) for w in init])
         self.out_norm_weight = nn.Parameter(torch.ones(heads, self.dim_head))
@@ -105,6 +115,24 @@ class NeuralMemory(nn.Module):
         """[B, T, parts · heads · dim_head] -> [parts, B, heads, T, dim_head]."""
         b, t = x.shape[:2]
         return x.view(b, t, parts, self.heads, self.dim_head).permute(2, 0, 3, 1, 4)
+
+    def _init_mamba2_forget(self) -> None:
+        """Gated DeltaNet's decay as Mamba-2 initialises it: A_h ~ U(1, 16) stored as log A_h, and the forget
+        logit's bias the inverse softplus of a step Δ_h drawn log-uniformly in [1e-3, 0.1] (floor 1e-4)."""
+        column = 1 + int(self.rule.momentum)  # gate order: lr, [momentum], forget, ...
+        self.forget_log_rate = nn.Parameter(torch.empty(self.heads).uniform_(1.0, 16.0).log())
+        step = torch.empty(self.heads).uniform_(math.log(1e-3), math.log(0.1)).exp().clamp(min=1e-4)
+        bias = step + torch.log(-torch.expm1(-step))  # softplus(bias) = step
+        with torch.no_grad():
+            if self.gate_mode == "fixed":
+                self.gate_logits[:, column] = bias
+            else:
+                self.to_gates.bias.view(self.heads, self.n_gates)[:, column] = bias
+
+    def _mamba2_forget(self, logit: Tensor) -> Tensor:
+        """α = 1 − exp(−softplus(logit) · A_h) for logits [..., heads, T]: Gated DeltaNet's decay
+        exp(−softplus(·) A) is the keep 1 − α."""
+        return -torch.expm1(-F.softplus(logit) * self.forget_log_rate.exp().unsqueeze(-1))
 
     def _project(self, x: Tensor, conv_cache: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
         qkv = self.to_qkv(x)
@@ -148,6 +176,8 @@ class NeuralMemory(nn.Module):
         names = ["lr"] + (["momentum"] if self.rule.momentum else []) + (["forget"] if self.rule.forgetting else [])
         gates = {name: torch.sigmoid(logits[..., i]) for i, name in enumerate(names)}
         gates["lr"] = self.max_lr * gates["lr"]
+        if self.forget_gate == "mamba2":
+            gates["forget"] = self._mamba2_forget(logits[..., names.index("forget")])
         if self.rule.objective.uses_threshold:
             gates["threshold"] = F.softplus(logits[..., -1]) + 1e-3
         return gates, held
@@ -209,5 +239,6 @@ class NeuralMemory(nn.Module):
         return self.read(x, state.memory, conv_q)[0]
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.heads}, chunk_size={self.chunk_size}, rule={self.rule.name!r}"
+        return (f"dim={self.dim}, heads={self.heads}, chunk_size={self.chunk_size}, rule={self.rule.name!r}, "
+                f"forget_gate={self.forget_gate!r}")
 

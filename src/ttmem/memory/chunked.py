@@ -162,13 +162,16 @@ def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep:
     t_src = None if t_src is None else t_src.unbind(2)
     fields = (getattr(coef, f.name) for f in dataclasses.fields(coef))
     coef_c = tuple(None if c is None else c.unbind(2) for c in fields)  # per chunk, split once
+    # Forget-first rules (per token, so one-token chunks) take the gradient on the memory after the token's decay.
+    keep_c = _chunks(keep, n, chunk).unbind(2) if rule.forget_first else None
     outputs = []
     row = chunk - 1
     for i in range(n):
         coef_i = ChunkCoefficients(*(None if c is None else c[i] for c in coef_c))
+        ref = carry.ref if keep_c is None else tuple(keep_c[i].unsqueeze(-1) * r for r in carry.ref)
         inputs = (q_c[i], k_src[i], v_src[i], None if t_src is None else t_src[i],
                   None if m_src is None else m_src[i], coef_i,
-                  carry.ref, carry.weights, carry.step, carry.momentum, carry.accum, carry.anchor)
+                  ref, carry.weights, carry.step, carry.momentum, carry.accum, carry.anchor)
         if recompute and torch.is_grad_enabled():
             # Keep only the chunk's inputs; its intermediates are rebuilt during the backward.
             out, weights, step, momentum, accum = checkpoint(_chunk_step, rule, row, *inputs, use_reentrant=False)

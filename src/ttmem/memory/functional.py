@@ -198,9 +198,7 @@ def check_result(out: Tensor, tensors: dict[str, Tensor]) -> None:
 
 def _delta_rule_applies(rule: MemoryRule, state: MemoryState) -> bool:
     """The exact per-token delta-rule fast path: linear memory, ℓ2, no momentum, window or anchor."""
-    return (rule.per_token and rule.architecture.kind == "linear" and rule.objective.kind == "l2"
-            and not rule.momentum and rule.window == 1 and not rule.retention.has_view
-            and rule.retention.anchor == 0 and state.anchor is None)
+    return rule.exact_delta_rule and state.anchor is None
 
 
 def run_memory(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep: Tensor | None,
@@ -229,7 +227,7 @@ def run_memory(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, ke
         if impl == "reference":
             out, new_state = memorize_reference(rule, q, k, v, lr, keep, eta, thr, chunk, state)
         elif impl == "delta_rule":
-            out, new_state = memorize_delta_rule(q, k, v, lr, keep, chunk_size, state)
+            out, new_state = memorize_delta_rule(q, k, v, lr, keep, chunk_size, state, rule.forget_first)
         else:
             out, new_state = memorize_chunked(rule, q, k, v, lr, keep, eta, thr, chunk, state, recompute)
     new_state.rule = rule.name

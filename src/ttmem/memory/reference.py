@@ -49,7 +49,9 @@ def memorize_reference(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Te
     for t in range(q.shape[2]):
         token = (k[:, :, t], v[:, :, t], None if thr is None else thr[:, :, t], ones)
         sources = (past + [token])[-rule.window:]
-        u = _token_gradient(rule, ref, sources, state.anchor)
+        f = keep[:, :, t, None, None]
+        at = tuple(f * r for r in ref) if rule.forget_first else ref  # forget first: gradient on decayed memory
+        u = _token_gradient(rule, at, sources, state.anchor)
         u = tuple(torch.zeros_like(r) if g is None else g for g, r in zip(u, ref))
         theta = lr[:, :, t, None, None]
         if momentum is not None:
@@ -58,7 +60,6 @@ def memorize_reference(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Te
             step = step_momentum = tuple(eta_t * s - theta * g for s, g in zip(step_momentum, u))
         else:
             step = tuple(-theta * g for g in u)
-        f = keep[:, :, t, None, None]
         weights = tuple(f * w + s for w, s in zip(weights, step))
         if accum is not None:
             accum = tuple(f * a + s for a, s in zip(accum, step))

@@ -15,6 +15,15 @@ Learner fields:
   iteration, see ``newton_schulz.py``.
 - ``per_token``: update exactly token by token whatever chunk size is asked (DeltaNet, θMN); the chunk size then
   only blocks the computation.
+- ``forget_first``: where the forget gate acts relative to the token's gradient. False (Titans, MIRAS, ATLAS):
+  the gradient is taken at W_{t−1} and forgetting acts alongside the step, W_t = (1 − α_t) W_{t−1} − θ_t ∇ℓ(W_{t−1}).
+  True (Gated DeltaNet): the memory is decayed first and the gradient taken on the decayed memory,
+  W_t = (1 − α_t) W_{t−1} − θ_t ∇ℓ((1 − α_t) W_{t−1}); for a linear ℓ2 memory with α the keep factor of the
+  paper this is S_t = α_t S_{t−1} + β_t (v_t − α_t S_{t−1} k_t) k_tᵀ. Only rules that run as the exact per-token
+  delta rule (linear, ℓ2, no momentum, window or retention view) accept it: with gradients at a chunk's start
+  weights there is no per-token decayed memory to differentiate at.
+
+``docs/rules.md`` gives each preset's source equation and every deliberate deviation from it.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ class MemoryRule:
     newton_schulz_steps: int = 0
     per_token: bool = False
     zero_init: bool = False  # initial weights zero (linear presets) instead of a fixed-seed normal
+    forget_first: bool = False  # decay, then take the gradient on the decayed memory (Gated DeltaNet)
 
     def __post_init__(self) -> None:
         if self.window < 1:
@@ -49,6 +59,16 @@ class MemoryRule:
             raise ValueError(f"rule newton_schulz_steps must be >= 0, got {self.newton_schulz_steps}")
         if self.newton_schulz_steps and not self.momentum:
             raise ValueError("rule newton_schulz_steps needs momentum=True (it orthogonalises the momentum)")
+        if self.forget_first and not self.exact_delta_rule:
+            raise ValueError("rule forget_first needs the exact per-token delta rule: per_token=True, a linear "
+                             "architecture, the l2 objective, no momentum, window 1 and no retention view or anchor")
+
+    @property
+    def exact_delta_rule(self) -> bool:
+        """The rule is the per-token delta rule on a linear ℓ2 memory (the WY / UT fast path can run it)."""
+        return (self.per_token and self.architecture.kind == "linear" and self.objective.kind == "l2"
+                and not self.momentum and self.window == 1 and not self.retention.has_view
+                and self.retention.anchor == 0)
 
     def initial_weights(self, heads: int, dim_k: int, dim_v: int, **kwargs):
         """Initial weights (or accumulator, for rules with a retention view) [heads, out, in] per layer."""
@@ -68,7 +88,7 @@ RULES: dict[str, MemoryRule] = {
     "memora": MemoryRule("memora", _MLP, Objective("l2"), Retention("softmax"), forgetting=True),
     "delta": MemoryRule("delta", _LINEAR, Objective("l2"), per_token=True, zero_init=True),
     "gated_delta": MemoryRule("gated_delta", _LINEAR, Objective("l2"), forgetting=True, per_token=True,
-                              zero_init=True),
+                              zero_init=True, forget_first=True),
     "linear_attention": MemoryRule("linear_attention", _LINEAR, Objective("dot"), zero_init=True),
     "theta": MemoryRule("theta", _LINEAR, Objective("l2"), per_token=True, zero_init=True),
     "theta_lowrank": MemoryRule("theta_lowrank", MemoryArchitecture(kind="lowrank", rank=16), Objective("l2"),

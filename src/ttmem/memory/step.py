@@ -1,10 +1,11 @@
 """One token through the memory: the decoding step (the ``step()`` of state-space models).
 
 Semantics are exactly the chunked engine's (``chunked.py``), specialised to one token: the token's gradient is
-taken at the chunk-start weights ``ref`` (for per-token rules, the current weights), momentum and forgetting
-advance once, and the read uses the new weights (read after write). Nothing is padded and no coefficient matrix
-is built, so one step costs what the rule's per-token FLOP formula says: for a linear memory 6·dk·dv (predict
-W k, rank-one gradient, read W q), for a two-layer MLP memory h·(6·dk + 8·dv).
+taken at the chunk-start weights ``ref`` (for per-token rules, the current weights; for ``forget_first`` rules,
+those weights after the token's decay), momentum and forgetting advance once, and the read uses the new weights
+(read after write). Nothing is padded and no coefficient matrix is built, so one step costs what the rule's
+per-token FLOP formula says: for a linear memory 6·dk·dv (predict W k, rank-one gradient, read W q), for a
+two-layer MLP memory h·(6·dk + 8·dv).
 
 Rules with an Omega window, a retention view or an anchor keep earlier tokens' or accumulators' state that this
 step does not model; ``step_applies`` says which rules it serves and the dispatcher sends the others through the
@@ -33,8 +34,11 @@ def memorize_token(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor
     None meaning 1; eta None meaning 0). Returns out [B, H, 1, dv] and the state after the token."""
     arch = rule.architecture
     ref = state.ref if state.ref is not None else state.weights
-    pred, xs, pre = arch.forward_with_cache(ref, k)
-    gs = arch.output_grads(ref, pre, rule.objective.grad(pred, v, thr))
+    at = ref  # where the token's gradient is taken
+    if rule.forget_first and keep is not None:  # Gated DeltaNet: on the memory after this token's decay
+        at = tuple(keep.unsqueeze(-1) * w for w in ref)
+    pred, xs, pre = arch.forward_with_cache(at, k)
+    gs = arch.output_grads(at, pre, rule.objective.grad(pred, v, thr))
     theta = lr.unsqueeze(-1)  # [B, H, 1, 1]
     # Per layer the token's weight gradient g xᵀ, as a matmul (so FLOP counters see the rank-one product).
     grads = tuple(g.mT @ x for g, x in zip(gs, xs))
