@@ -14,9 +14,11 @@ Sections (one table row per implementation and case):
   residual hyper-connections off (ttmem has a plain residual), one long-term memory token per 8 segment tokens
   (the ratio of titans-pytorch's README), the memory configured as in the layer section.
 * ``delta``: ``ttmem.memory.memorize`` with the ``delta`` and ``gated_delta`` rules against flash-linear-attention's
-  ``chunk_delta_rule`` / ``chunk_gated_delta_rule`` (forward + backward, fp32 inputs, scale 1, β = θ, g = log(1 − α),
-  l2-normalised keys). The delta rule is the same recurrence in both; for the gated rule ttmem takes the error at
-  W_{t−1} and fla at α_t W_{t−1}, the same work. fla's Triton kernels need a CUDA device.
+  ``chunk_delta_rule`` / ``chunk_gated_delta_rule`` (forward + backward, scale 1, β = θ, g = log(1 − α),
+  l2-normalised keys, chunk 64). The delta rule is the same recurrence in both; for the gated rule ttmem takes the
+  error at W_{t−1} and fla at α_t W_{t−1}, the same work. ttmem runs in float32 (its delta path solves triangular
+  systems, for which torch has no bfloat16 kernel); fla in float32 and in bfloat16, its usual dtype (its
+  ``chunk_delta_rule`` refuses float32: that row reports its error). fla's Triton kernels need a CUDA device.
 * ``train``: training tokens/s of ``transformer-tiny`` and ``transformer-340m`` (attention through SDPA).
 * ``decode``: milliseconds per decoded token after a context of 1K..64K tokens for a few models, measured by
   ``models.py``'s ``decode_latency`` (full-attention caches beyond 16K are filled synthetically, see there).
@@ -25,8 +27,9 @@ Timing: ``warmup`` runs, then the median of ``repeats`` runs; on CUDA each run i
 synchronised, on CPU with ``time.perf_counter``. Peak MiB is the tensor memory one more run needs above what was
 allocated before it (CUDA: ``torch.cuda.max_memory_allocated``; CPU: torch's own allocation events from the
 profiler), so weights and optimiser state are not included. A peer that does not import, or cannot run on the
-device, is a row with the reason; an error in any row is recorded and the command exits with status 1 after
-writing everything. A time budget (``--budget-s``) turns the rows that would start after it into skipped rows.
+device, is a row with the reason; an error in any row is recorded as that row, and the command exits with
+status 1 after writing everything when a ttmem row failed (a peer's failure is reported, not fatal). A time
+budget (``--budget-s``) turns the rows that would start after it into skipped rows.
 """
 
 from __future__ import annotations
@@ -282,7 +285,7 @@ def mac_section(run: Runner) -> None:
     run.row("mac", case, "titans-pytorch", measure, reason, baseline=mine)
 
 
-def delta_inputs(shape: tuple[int, int, int, int], device: str) -> dict:
+def delta_inputs(shape: tuple[int, int, int, int], device: str, dtype: torch.dtype = torch.float32) -> dict:
     """q, k (l2-normalised), v, step size θ in (0, 1) and forget α in (0, 0.1), all requiring grad."""
     gen = torch.Generator().manual_seed(3)
     batch, seq, heads, dim = shape
@@ -291,7 +294,7 @@ def delta_inputs(shape: tuple[int, int, int, int], device: str) -> dict:
                "k": torch.nn.functional.normalize(rand(batch, seq, heads, dim), dim=-1),
                "v": rand(batch, seq, heads, dim), "lr": torch.sigmoid(rand(batch, seq, heads)),
                "forget": 0.1 * torch.sigmoid(rand(batch, seq, heads))}
-    return {name: t.to(device).requires_grad_(True) for name, t in tensors.items()}
+    return {name: t.to(device, dtype).requires_grad_(True) for name, t in tensors.items()}
 
 
 def delta_section(run: Runner) -> None:
@@ -301,9 +304,9 @@ def delta_section(run: Runner) -> None:
     fla, reason = import_peer("fla.ops", "flash-linear-attention")
     if fla is not None and device != "cuda":
         fla, reason = None, "flash-linear-attention's Triton kernels need a CUDA device"
+    tokens = plan.delta_shape[0] * plan.delta_shape[1]
     for rule in ("delta", "gated_delta"):
         case = f"{rule} {plan.delta_shape} (B, T, H, D) fwd+bwd"
-        tokens = plan.delta_shape[0] * plan.delta_shape[1]
 
         def ours(rule: str = rule) -> tuple[Callable[[], None], dict]:
             x = delta_inputs(plan.delta_shape, device)
@@ -313,10 +316,10 @@ def delta_section(run: Runner) -> None:
             def step() -> None:
                 out, _ = memorize(x["q"], x["k"], x["v"], x["lr"], rule=rule, chunk_size=plan.delta_chunk, **forget)
                 out.backward(grad)
-            return step, {}
+            return step, {"dtype": "float32"}
 
-        def theirs(rule: str = rule) -> tuple[Callable[[], None], dict]:
-            x = delta_inputs(plan.delta_shape, device)
+        def theirs(rule: str = rule, dtype: str = "float32") -> tuple[Callable[[], None], dict]:
+            x = delta_inputs(plan.delta_shape, device, getattr(torch, dtype))
             grad = torch.randn_like(x["v"])
             if rule == "delta":
                 kernel = importlib.import_module("fla.ops.delta_rule").chunk_delta_rule
@@ -328,11 +331,12 @@ def delta_section(run: Runner) -> None:
 
             def step() -> None:
                 call()[0].backward(grad)
-            return step, {}
+            return step, {"dtype": dtype}
 
-        mine = run.row("delta", case, "ttmem", run.timed(ours, tokens))
-        measure = run.timed(theirs, tokens) if fla else None
-        run.row("delta", case, "flash-linear-attention", measure, reason, baseline=mine)
+        mine = run.row("delta", case + ", float32", "ttmem", run.timed(ours, tokens))
+        for dtype in ("float32", "bfloat16"):
+            measure = run.timed(functools.partial(theirs, rule, dtype), tokens) if fla else None
+            run.row("delta", f"{case}, {dtype}", "flash-linear-attention", measure, reason, baseline=mine)
 
 
 def train_section(run: Runner) -> None:
@@ -417,7 +421,10 @@ def run_benchmark(plan: Plan, device: str, out: Path, sections: tuple[str, ...] 
         SECTION_RUNNERS[name](runner)
     report = {"machine": machine_info(device), "plan": dataclasses.asdict(plan), "sections": list(sections),
               "budget_s": budget_s, "elapsed_s": time.perf_counter() - start, "rows": runner.rows,
-              "errors": sum(row["status"] == "error" for row in runner.rows)}
+              "errors": sum(row["status"] == "error" and row["implementation"].startswith("ttmem")
+                            for row in runner.rows),
+              "peer_errors": sum(row["status"] == "error" and not row["implementation"].startswith("ttmem")
+                                 for row in runner.rows)}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     out.with_suffix(".md").write_text(markdown(report))
@@ -450,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = quick_plan() if args.quick else full_plan()
     report = run_benchmark(plan, args.device, args.out, sections, args.budget_s)
     print(f"wrote {args.out} and {args.out.with_suffix('.md')} in {report['elapsed_s']:.0f} s; "
-          f"{report['errors']} row(s) with errors")
+          f"{report['errors']} ttmem row(s) and {report['peer_errors']} peer row(s) with errors")
     return 1 if report["errors"] else 0
 
 
