@@ -168,6 +168,7 @@ class Runner:
     budget: Budget
     log: Callable[[str], None] = print
     rows: list[dict] = field(default_factory=list)
+    on_row: Callable[[dict], None] = lambda row: None
 
     def row(self, section: str, case: str, impl: str, measure: Callable[[], dict] | None, reason: str = "",
             baseline: dict | None = None) -> dict:
@@ -191,6 +192,7 @@ class Runner:
             entry["peer_over_ttmem"] = entry["median_ms"] / baseline["median_ms"]
         self.rows.append(entry)
         self.log(format_row(entry))
+        self.on_row(entry)
         return entry
 
     def timed(self, step_factory: Callable[[], tuple[Callable[[], None], dict]], tokens: int = 0) -> Callable:
@@ -403,7 +405,8 @@ def markdown(report: dict) -> str:
     where = machine.get("gpu") or f"CPU ({machine['cpu_count']} cores, {machine['threads']} torch threads)"
     lines = [f"ttmem GPU benchmark on {where}, torch {machine['torch']}, "
              f"{'TF32' if machine['tf32_matmul'] else 'fp32'} matmuls; median of {report['plan']['repeats']} runs "
-             f"after {report['plan']['warmup']} warm-up runs; {report['elapsed_s']:.0f} s in all.", "",
+             f"after {report['plan']['warmup']} warm-up runs; {report['elapsed_s']:.0f} s in all"
+             + ("." if report["complete"] else " so far (the run did not finish)."), "",
              "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += [format_row(entry) for entry in report["rows"]]
     return "\n".join(lines) + "\n"
@@ -411,23 +414,32 @@ def markdown(report: dict) -> str:
 
 def run_benchmark(plan: Plan, device: str, out: Path, sections: tuple[str, ...] = SECTIONS,
                   budget_s: float = 480.0, log: Callable[[str], None] = print) -> dict:
-    """Run the sections in order; write ``out`` (JSON) and ``out`` with suffix .md; return the report."""
+    """Run the sections in order; write ``out`` (JSON) and ``out`` with suffix .md; return the report.
+
+    Both files are rewritten after every row ("complete": false until the last), so a run stopped from
+    outside still leaves the rows it measured."""
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but torch sees no CUDA device")
     start = time.perf_counter()
-    runner = Runner(device, plan, Budget(budget_s), log)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report = {"machine": machine_info(device), "plan": dataclasses.asdict(plan), "sections": list(sections),
+              "budget_s": budget_s, "complete": False, "elapsed_s": 0.0, "rows": [], "errors": 0, "peer_errors": 0}
+
+    def write(_row: dict | None = None) -> None:
+        rows = report["rows"]
+        report.update(elapsed_s=time.perf_counter() - start,
+                      errors=sum(r["status"] == "error" and r["implementation"].startswith("ttmem") for r in rows),
+                      peer_errors=sum(r["status"] == "error" and not r["implementation"].startswith("ttmem")
+                                      for r in rows))
+        out.write_text(json.dumps(report, indent=2) + "\n")
+        out.with_suffix(".md").write_text(markdown(report))
+
+    runner = Runner(device, plan, Budget(budget_s), log, rows=report["rows"], on_row=write)
     log("| " + " | ".join(COLUMNS) + " |")
     for name in sections:
         SECTION_RUNNERS[name](runner)
-    report = {"machine": machine_info(device), "plan": dataclasses.asdict(plan), "sections": list(sections),
-              "budget_s": budget_s, "elapsed_s": time.perf_counter() - start, "rows": runner.rows,
-              "errors": sum(row["status"] == "error" and row["implementation"].startswith("ttmem")
-                            for row in runner.rows),
-              "peer_errors": sum(row["status"] == "error" and not row["implementation"].startswith("ttmem")
-                                 for row in runner.rows)}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report))
+    report["complete"] = True
+    write()
     return report
 
 

@@ -38,8 +38,9 @@ def report(tmp_path_factory) -> tuple[dict, str]:
 
 def test_report_has_every_section_and_case(report):
     result, _ = report
-    assert {"machine", "plan", "sections", "budget_s", "elapsed_s", "rows", "errors", "peer_errors"} <= set(result)
-    assert result["errors"] == 0 and result["sections"] == list(gpu.SECTIONS)
+    fields = {"machine", "plan", "sections", "budget_s", "complete", "elapsed_s", "rows", "errors", "peer_errors"}
+    assert fields <= set(result)
+    assert result["complete"] and result["errors"] == 0 and result["sections"] == list(gpu.SECTIONS)
     assert result["machine"]["device"] == "cpu" and result["plan"]["layer_dim"] == 32
     keys = [(row["section"], row["implementation"]) for row in result["rows"]]
     # shapes x heads per layer comparison, one MAC case, two rules (fla in two dtypes), two models, models x contexts
