@@ -79,7 +79,7 @@ class Plan:
     train_models: tuple[tuple[str, tuple, int, int], ...] = (
         ("transformer-tiny", (), 16, 1024), ("transformer-340m", (), 4, 2048))
     decode_models: tuple[str, ...] = ("transformer-tiny", "swa_transformer-tiny", "gated_deltanet-tiny",
-                                      "mac-tiny")
+                                      "theta_lm-tiny", "mac-tiny")
     decode_contexts: tuple[int, ...] = (1024, 4096, 16384, 65536)
     decode_tokens: int = 16
     decode_piece: int = 2048
