@@ -40,15 +40,11 @@ SEMANTIC_DIFFERENCES = [
 ]
 
 
-def build_titans_pytorch(dim: int, heads: int, chunk: int) -> tuple[torch.nn.Module, object]:
-    """titans-pytorch 0.5.5 ``NeuralMemory`` matching ttmem's layer; returns (module, forward)."""
-    from titans_pytorch import NeuralMemory
-
-    memory = NeuralMemory(
-        dim,
-        chunk_size=chunk,
+def titans_pytorch_memory_kwargs(heads: int, dim_head: int) -> dict:
+    """titans-pytorch ``NeuralMemory`` keyword arguments (besides dim and chunk_size) matching ttmem's layer."""
+    return dict(
         heads=heads,
-        dim_head=dim // heads,
+        dim_head=dim_head,
         momentum=True,
         momentum_order=1,
         default_model_kwargs={"depth": 2, "expansion_factor": 4.0},
@@ -59,6 +55,13 @@ def build_titans_pytorch(dim: int, heads: int, chunk: int) -> tuple[torch.nn.Mod
         activation=torch.nn.SiLU(),
         default_step_transform_max_lr=1.0,
     )
+
+
+def build_titans_pytorch(dim: int, heads: int, chunk: int) -> tuple[torch.nn.Module, object]:
+    """titans-pytorch 0.5.5 ``NeuralMemory`` matching ttmem's layer; returns (module, forward)."""
+    from titans_pytorch import NeuralMemory
+
+    memory = NeuralMemory(dim, chunk_size=chunk, **titans_pytorch_memory_kwargs(heads, dim // heads))
     return memory, lambda x: memory(x)[0]
 
 

@@ -178,11 +178,11 @@ def matmul_throughput(sizes: tuple[int, ...] = (1024, 2048, 4096), repeats: int 
 
 
 def layer_step(forward: Callable[[torch.Tensor], torch.Tensor], module: torch.nn.Module,
-               batch: int, seq: int, dim: int) -> Callable[[], None]:
+               batch: int, seq: int, dim: int, device: str = "cpu") -> Callable[[], None]:
     """One forward + backward of ``forward`` on a fixed [batch, seq, dim] input that requires grad."""
     gen = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, seq, dim, generator=gen).requires_grad_(True)
-    grad_y = torch.randn(batch, seq, dim, generator=gen)
+    x = torch.randn(batch, seq, dim, generator=gen).to(device).requires_grad_(True)
+    grad_y = torch.randn(batch, seq, dim, generator=gen).to(device)
 
     def step() -> None:
         module.zero_grad(set_to_none=True)

@@ -26,6 +26,7 @@ import platform
 import resource
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -41,10 +42,8 @@ def _rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _train_worker(name: str, batch: int, seq: int, steps: int, device: str, threads: int, queue: mp.Queue) -> None:
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = build_model(name).to(device)
+def training_step(model: torch.nn.Module, batch: int, seq: int, device: str) -> Callable[[], None]:
+    """One AdamW step of next-token cross-entropy on a fixed batch of random tokens."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     data = torch.randint(0, model.config.vocab_size, (batch, seq + 1), device=device)
 
@@ -55,6 +54,14 @@ def _train_worker(name: str, batch: int, seq: int, steps: int, device: str, thre
         loss.backward()
         optimizer.step()
 
+    return step
+
+
+def _train_worker(name: str, batch: int, seq: int, steps: int, device: str, threads: int, queue: mp.Queue) -> None:
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model(name).to(device)
+    step = training_step(model, batch, seq, device)
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     baseline = _rss_bytes()
