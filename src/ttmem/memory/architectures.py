@@ -47,6 +47,18 @@ def activation_derivative(name: str, x: Tensor) -> Tensor:
     return torch.ones_like(x)
 
 
+def activation_backward(name: str, grad: Tensor, x: Tensor) -> Tensor:
+    """grad ⊙ σ'(x) as one fused kernel where torch has one (GELU, SiLU: their backward ops are themselves
+    differentiable, so the outer loop still trains through them); otherwise from ``activation_derivative``."""
+    if name == "gelu":
+        return torch.ops.aten.gelu_backward(grad, x)
+    if name == "silu":
+        return torch.ops.aten.silu_backward(grad, x)
+    if name == "identity":
+        return grad
+    return grad * activation_derivative(name, x)
+
+
 def layer_norm(x: Tensor) -> Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=LN_EPS)
 
@@ -122,7 +134,7 @@ class MemoryArchitecture:
         g = layer_norm_backward(pre[-1], grad_out) if self.residual_norm else grad_out
         grads = [g]
         for i in range(len(weights) - 1, 0, -1):
-            g = (g @ weights[i]) * activation_derivative(self.act, pre[i - 1])
+            g = activation_backward(self.act, g @ weights[i], pre[i - 1])
             grads.append(g)
         return grads[::-1]
 
