@@ -65,13 +65,28 @@ def check_vocabulary(directory: str | Path, model_vocab_size: int) -> None:
         )
 
 
+def _model_vocab_size(data: dict[str, Any]) -> Any:
+    fields = data.get("ttmem")
+    return fields.get("vocab_size") if isinstance(fields, dict) else data.get("vocab_size")
+
+
 def check_export_dir(directory: str | Path) -> None:
     """A ttmem export with its weight file and a tokenizer (if any) that matches the model's vocabulary."""
     directory = Path(directory)
     data = read_export_config(directory)
     if not any((directory / name).is_file() for name in WEIGHT_FILES):
         raise FileNotFoundError(f"{directory} has no {WEIGHT_FILES[0]}: the weight file of this export is missing")
-    fields = data.get("ttmem")
-    vocab_size = fields.get("vocab_size") if isinstance(fields, dict) else data.get("vocab_size")
+    vocab_size = _model_vocab_size(data)
     if isinstance(vocab_size, int):
+        check_vocabulary(directory, vocab_size)
+
+
+def check_tokenizer_dir(directory: str | Path) -> None:
+    """Raise if the byte tokenizer in ``directory`` sits next to a ttmem model with another vocabulary."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        return
+    data = _read_json(path)
+    vocab_size = _model_vocab_size(data)
+    if data.get("model_type") == MODEL_TYPE and isinstance(vocab_size, int):
         check_vocabulary(directory, vocab_size)

@@ -15,11 +15,13 @@ Design choices:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from transformers import AddedToken, PreTrainedTokenizer
 
-BYTE_VOCAB_SIZE = 256
+from ttmem.hf.checks import BYTE_VOCAB_SIZE, check_tokenizer_dir
+
 BOS_ID = 10  # newline
 EOS_ID = PAD_ID = 0  # NUL
 
@@ -39,6 +41,13 @@ class TtmemByteTokenizer(PreTrainedTokenizer):
             kwargs.setdefault(name, _special(token_id))
         kwargs.setdefault("clean_up_tokenization_spaces", False)
         super().__init__(**kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """Hugging Face ``from_pretrained``, refusing a directory whose ttmem model has another vocabulary."""
+        if Path(pretrained_model_name_or_path).is_dir():
+            check_tokenizer_dir(pretrained_model_name_or_path)
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @property
     def vocab_size(self) -> int:
