@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import runpy
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ pytest.importorskip("transformers", reason="the Hugging Face integration needs t
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline  # noqa: E402
 
+import ttmem.hf  # noqa: E402
 from ttmem.cli import main  # noqa: E402
 from ttmem.data import ByteTokenizer  # noqa: E402
 from ttmem.eval.lm_eval_adapter import HarnessAdapter  # noqa: E402
@@ -136,6 +138,19 @@ def test_untied_head_round_trips(tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(export_model(model, tmp_path / "untied"))
     assert not torch.equal(loaded.model.lm_head.weight, loaded.model.embed.weight)
     assert torch.equal(loaded.model.lm_head.weight, model.lm_head.weight)
+
+
+def test_saved_directories_name_the_installed_classes_in_auto_map(exported, tmp_path):
+    _, path = exported
+    AutoModelForCausalLM.from_pretrained(path).save_pretrained(tmp_path)
+    AutoTokenizer.from_pretrained(path).save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    tokenizer_config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    namespace = runpy.run_path(str(tmp_path / "ttmem_auto.py"))
+    for reference in [*config["auto_map"].values(), tokenizer_config["auto_map"]["AutoTokenizer"][0]]:
+        module, name = reference.split(".")
+        assert module == "ttmem_auto" and namespace[name] is getattr(ttmem.hf, name)
+    assert set(config["auto_map"]) == {"AutoConfig", "AutoModelForCausalLM"}
 
 
 # -- generate() ------------------------------------------------------------------------------------------------------
@@ -314,6 +329,20 @@ def test_lm_eval_command_line_loads_an_export(exported, tmp_path):
         for d in docs
     ]
     assert math.isclose(accuracy, sum(correct) / len(docs))
+    # The same route from plain transformers: auto_map finds the installed ttmem, and saving again copies no code.
+    script = (
+        "import sys, torch\nfrom transformers import AutoModelForCausalLM\n"
+        f"m = AutoModelForCausalLM.from_pretrained({str(path)!r}, trust_remote_code=True)\n"
+        "assert 'ttmem.hf' in sys.modules\n"
+        f"m.save_pretrained({str(tmp_path / 'again')!r})\n"
+        f"torch.save(m(torch.arange(40).reshape(2, 20)).logits, {str(tmp_path / 'logits.pt')!r})\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "logits.pt"), model(torch.arange(40).reshape(2, 20)).logits)
+    saved = {p.name for p in (tmp_path / "again").iterdir()}
+    assert saved == {"config.json", "generation_config.json", "model.safetensors", "ttmem_auto.py"}
 
 
 # -- bad input -------------------------------------------------------------------------------------------------------

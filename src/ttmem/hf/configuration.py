@@ -17,6 +17,7 @@ from typing import Any
 
 from transformers import PretrainedConfig
 
+from ttmem.hf.auto_module import keep_auto_map
 from ttmem.models.config import ModelConfig
 
 MODEL_TYPE = "ttmem"
@@ -44,6 +45,7 @@ def model_config_from_dict(fields: Any, source: str = "config.json") -> ModelCon
         raise ValueError(f"{source} holds an invalid ttmem model config: {err}") from None
 
 
+@keep_auto_map
 class TtmemConfig(PretrainedConfig):
     """Hugging Face view of a ttmem model: ``TtmemConfig.from_model_config(cfg)`` or ``config.model_config``."""
 

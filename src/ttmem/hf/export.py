@@ -1,9 +1,7 @@
 """Export a trained ttmem model (run folder, checkpoint file or ``save_model`` directory) as a Hugging Face directory.
 
 The directory holds ``config.json`` (``TtmemConfig``), ``model.safetensors``, ``generation_config.json``, the
-byte tokenizer's ``tokenizer_config.json`` and ``ttmem_auto.py``, a module of one import that
-``auto_map`` points at, so that tools which cannot ``import ttmem.hf`` themselves load the export with
-``trust_remote_code=True`` (running the installed ttmem, nothing else).
+byte tokenizer's ``tokenizer_config.json`` and ``ttmem_auto.py`` (see ``ttmem.hf.auto_module``).
 
 Only byte-level runs export: a run trained with a tiktoken or sentencepiece tokenizer is refused with one
 message, as is a model whose vocabulary is not the byte tokenizer's 256 ids.
@@ -11,21 +9,14 @@ message, as is a model whose vocabulary is not the byte tokenizer's 256 ids.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from torch import nn
 
-from ttmem.hf.checks import BYTE_VOCAB_SIZE, CONFIG_FILE, TOKENIZER_CONFIG_FILE, read_export_config
+from ttmem.hf.checks import BYTE_VOCAB_SIZE, CONFIG_FILE, read_export_config
 from ttmem.hf.configuration import NotTtmemExportError
 from ttmem.models.checkpoint import WEIGHTS_FILE, load_model
 from ttmem.models.language_model import LanguageModel
-
-AUTO_MODULE = "ttmem_auto"
-_AUTO_MODULE_SOURCE = '''"""Loads this ttmem export with the installed ttmem (pip install 'ttmem[hf]')."""
-
-from ttmem.hf import TtmemByteTokenizer, TtmemConfig, TtmemForCausalLM  # noqa: F401
-'''
 
 
 def _check_out_dir(out_dir: Path) -> None:
@@ -36,12 +27,6 @@ def _check_out_dir(out_dir: Path) -> None:
             read_export_config(out_dir)
         except NotTtmemExportError:
             raise ValueError(f"output directory {out_dir} is not empty and is not an earlier ttmem export") from None
-
-
-def _add_auto_map(path: Path, auto_map: dict) -> None:
-    data = json.loads(path.read_text())
-    data["auto_map"] = auto_map
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def export_model(model: nn.Module, out_dir: str | Path, tokenizer: str = "bytes") -> Path:
@@ -68,12 +53,6 @@ def export_model(model: nn.Module, out_dir: str | Path, tokenizer: str = "bytes"
     wrapper = TtmemForCausalLM.from_ttmem(model)
     wrapper.save_pretrained(out_dir)
     TtmemByteTokenizer().save_pretrained(out_dir)
-    (out_dir / f"{AUTO_MODULE}.py").write_text(_AUTO_MODULE_SOURCE)
-    _add_auto_map(out_dir / CONFIG_FILE, {
-        "AutoConfig": f"{AUTO_MODULE}.TtmemConfig",
-        "AutoModelForCausalLM": f"{AUTO_MODULE}.TtmemForCausalLM",
-    })
-    _add_auto_map(out_dir / TOKENIZER_CONFIG_FILE, {"AutoTokenizer": [f"{AUTO_MODULE}.TtmemByteTokenizer", None]})
     return out_dir
 
 

@@ -29,6 +29,7 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from ttmem.hf.auto_module import MODEL_AUTO_MAP, keep_auto_map, write_auto_module
 from ttmem.hf.checks import check_export_dir
 from ttmem.hf.configuration import TtmemConfig
 from ttmem.layers.attention import RotaryEmbedding
@@ -103,6 +104,7 @@ def _check_attention_mask(attention_mask: Tensor | None, input_ids: Tensor) -> N
         )
 
 
+@keep_auto_map
 class TtmemPreTrainedModel(PreTrainedModel):
     """Hugging Face plumbing shared by ttmem models."""
 
@@ -193,6 +195,12 @@ class TtmemForCausalLM(TtmemPreTrainedModel, GenerationMixin):
             cache = None
         output = CausalLMOutputWithPast(loss=loss, logits=out.logits, **{CACHE_FIELD: cache})
         return output if return_dict is not False else output.to_tuple()
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> Any:
+        """Hugging Face ``save_pretrained`` plus ``ttmem_auto.py`` and the ``auto_map`` that names it."""
+        write_auto_module(save_directory)
+        self.config.auto_map = dict(MODEL_AUTO_MAP)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: str | Path, *args: Any, **kwargs: Any) -> Any:

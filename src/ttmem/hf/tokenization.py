@@ -20,6 +20,7 @@ from typing import Any
 
 from transformers import AddedToken, PreTrainedTokenizer
 
+from ttmem.hf.auto_module import TOKENIZER_AUTO_MAP, keep_auto_map, write_auto_module
 from ttmem.hf.checks import BYTE_VOCAB_SIZE, check_tokenizer_dir
 
 BOS_ID = 10  # newline
@@ -30,6 +31,7 @@ def _special(token_id: int) -> AddedToken:
     return AddedToken(chr(token_id), lstrip=False, rstrip=False, normalized=False, special=True)
 
 
+@keep_auto_map
 class TtmemByteTokenizer(PreTrainedTokenizer):
     """UTF-8 bytes as token ids 0-255 (see the module docstring for the special tokens)."""
 
@@ -77,6 +79,12 @@ class TtmemByteTokenizer(PreTrainedTokenizer):
         if skip_special_tokens:
             ids = [i for i in ids if i != self.pad_token_id]
         return self.convert_tokens_to_string([self._convert_id_to_token(i) for i in ids])
+
+    def save_pretrained(self, save_directory: str | Path, *args: Any, **kwargs: Any) -> tuple[str, ...]:
+        """Hugging Face ``save_pretrained`` plus ``ttmem_auto.py`` and the ``auto_map`` that names it."""
+        write_auto_module(save_directory)
+        self._auto_map = dict(TOKENIZER_AUTO_MAP)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
         return ()  # the vocabulary is the 256 bytes; nothing to write
