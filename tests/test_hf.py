@@ -31,6 +31,7 @@ from ttmem.hf import (  # noqa: E402
     TtmemForCausalLM,
     export_model,
 )
+from ttmem.hf.modeling import CACHE_FIELD  # noqa: E402
 from ttmem.models import ARCHITECTURES, ModelConfig, build_model, save_model  # noqa: E402
 from ttmem.train import Trainer, resolve_config  # noqa: E402
 from ttmem.train.pipeline import load_trained  # noqa: E402
@@ -210,8 +211,9 @@ def test_cache_continues_a_sequence_like_one_pass(exported):
     ids = torch.randint(0, 256, (1, 21))
     with torch.no_grad():
         first = loaded(ids[:, :13], use_cache=True)
-        assert isinstance(first.cache, TtmemCache) and first.cache.get_seq_length() == 13
-        second = loaded(ids[:, 13:], cache=first.cache)
+        cache = getattr(first, CACHE_FIELD)  # "cache"; "past_key_values" in transformers releases before the rename
+        assert isinstance(cache, TtmemCache) and cache.get_seq_length() == 13
+        second = loaded(ids[:, 13:], **{CACHE_FIELD: cache})
         full = model(ids).logits
     torch.testing.assert_close(torch.cat([first.logits, second.logits], dim=1), full, rtol=1e-5, atol=1e-5)
 

@@ -52,28 +52,25 @@ class TtmemConfig(PretrainedConfig):
     model_type = MODEL_TYPE
     attribute_map = {"hidden_size": "dim", "num_hidden_layers": "depth", "num_attention_heads": "heads"}
 
-    ttmem: dict[str, Any] | None = None
-    ttmem_format: int = FORMAT_VERSION
-    vocab_size: int = 256
-    dim: int = 192
-    depth: int = 4
-    heads: int = 4
-    tie_word_embeddings: bool = True
-    use_cache: bool = True
-
-    def __post_init__(self, **kwargs: Any) -> None:
-        if not isinstance(self.ttmem_format, int) or self.ttmem_format > FORMAT_VERSION:
+    # An explicit __init__ (rather than dataclass fields) reads the same under every transformers 5.x release.
+    def __init__(
+        self, ttmem: dict[str, Any] | None = None, ttmem_format: int = FORMAT_VERSION, use_cache: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        if not isinstance(ttmem_format, int) or ttmem_format > FORMAT_VERSION:
             raise ValueError(
-                f"config.json has ttmem_format {self.ttmem_format!r} but this ttmem reads format {FORMAT_VERSION}; "
+                f"config.json has ttmem_format {ttmem_format!r} but this ttmem reads format {FORMAT_VERSION}; "
                 "it was written by a newer ttmem: upgrade ttmem to load it"
             )
-        model_config = model_config_from_dict(self.ttmem if self.ttmem is not None else ModelConfig().to_dict())
-        self.ttmem = model_config.to_dict()
+        model_config = model_config_from_dict(ttmem if ttmem is not None else ModelConfig().to_dict())
+        for mirror in ("vocab_size", "dim", "depth", "heads", "tie_word_embeddings", *self.attribute_map):
+            kwargs.pop(mirror, None)  # derived from the model config below, never read from the file
+        super().__init__(**kwargs)
+        self.ttmem, self.ttmem_format, self.use_cache = model_config.to_dict(), ttmem_format, use_cache
         self.vocab_size, self.dim, self.depth, self.heads = (
             model_config.vocab_size, model_config.dim, model_config.depth, model_config.heads
         )
         self.tie_word_embeddings = model_config.tie_embeddings
-        super().__post_init__(**kwargs)
 
     @classmethod
     def from_model_config(cls, model_config: ModelConfig, **kwargs: Any) -> TtmemConfig:
