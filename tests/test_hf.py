@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from test_cli import run as run_cli
 
 pytest.importorskip("transformers", reason="the Hugging Face integration needs the extra: pip install 'ttmem[hf]'")
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline  # noqa: E402
 
 import ttmem.hf  # noqa: E402
-from ttmem.cli import main  # noqa: E402
 from ttmem.data import ByteTokenizer  # noqa: E402
 from ttmem.eval.lm_eval_adapter import HarnessAdapter  # noqa: E402
 from ttmem.hf import (  # noqa: E402
@@ -73,12 +73,6 @@ def trained_run(tmp_path_factory) -> Path:
     ]
     Trainer(resolve_config(None, settings)).fit()
     return folder / "run"
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    code = main(argv)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # -- round trip ----------------------------------------------------------------------------------------------------
