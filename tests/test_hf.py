@@ -378,6 +378,12 @@ def test_a_config_from_a_newer_ttmem_says_upgrade(exported, tmp_path):
     edit_config(newer, lambda d: (d["ttmem"].pop("memory_dropout"), d.update(ttmem_format=2)))
     with pytest.raises(ValueError, match="ttmem_format 2.*newer ttmem"):
         AutoModelForCausalLM.from_pretrained(newer)
+    edit_config(newer, lambda d: (d.update(ttmem_format=1), d["ttmem"].update(arch="mamba3")))
+    with pytest.raises(ValueError, match="architecture 'mamba3'.*newer ttmem"):
+        AutoModelForCausalLM.from_pretrained(newer)
+    edit_config(newer, lambda d: d["ttmem"].update(arch="mac", dim=-4))
+    with pytest.raises(ValueError, match="invalid ttmem model config: dim must be a positive integer"):
+        AutoModelForCausalLM.from_pretrained(newer)
 
 
 def test_a_missing_weight_file_or_tensor_is_named(exported, tmp_path):
@@ -417,6 +423,7 @@ def test_export_command_errors_are_one_line(exported, tmp_path, capsys):
         ([str(tmp_path / "nothing"), str(tmp_path / "o1")], "checkpoint not found"),
         ([str(tmp_path / "busy"), str(tmp_path / "o2")], "holds no checkpoint"),
         ([str(tmp_path / "native"), str(tmp_path / "busy")], "not empty and is not an earlier ttmem export"),
+        ([str(exported[1]), str(tmp_path / "o3")], "already a Hugging Face export"),
     ]
     for argv, message in cases:
         code, _, stderr = run_cli(["export", *argv], capsys)

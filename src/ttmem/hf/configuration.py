@@ -13,12 +13,13 @@ Design choices:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from transformers import PretrainedConfig
 
 from ttmem.hf.auto_module import keep_auto_map
-from ttmem.models.config import ModelConfig
+from ttmem.models.config import ARCHITECTURES, ModelConfig
 
 MODEL_TYPE = "ttmem"
 # Version of the layout above; bump it when a change cannot be read by older code.
@@ -33,15 +34,20 @@ def model_config_from_dict(fields: Any, source: str = "config.json") -> ModelCon
     """The ModelConfig stored in an export's config, with errors that say what is wrong with the file."""
     if not isinstance(fields, dict):
         raise NotTtmemExportError(f"{source} has no 'ttmem' model fields; it is not a ttmem export")
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(ModelConfig)})
+    if unknown:
+        raise ValueError(
+            f"{source} holds model fields this ttmem does not know ({', '.join(unknown)}); "
+            "it was written by a newer ttmem: upgrade ttmem to load it"
+        )
+    if fields.get("arch", ModelConfig.arch) not in ARCHITECTURES:
+        raise ValueError(
+            f"{source} holds architecture {fields['arch']!r}, which this ttmem does not have "
+            f"({', '.join(ARCHITECTURES)}); if a newer ttmem wrote it, upgrade ttmem to load it"
+        )
     try:
         return ModelConfig.from_dict(fields)
-    except ValueError as err:
-        if "unknown ModelConfig field" in str(err):
-            unknown = str(err).split(": ", 1)[1]
-            raise ValueError(
-                f"{source} holds model fields this ttmem does not know ({unknown}); "
-                "it was written by a newer ttmem: upgrade ttmem to load it"
-            ) from None
+    except (TypeError, ValueError) as err:
         raise ValueError(f"{source} holds an invalid ttmem model config: {err}") from None
 
 
@@ -52,7 +58,7 @@ class TtmemConfig(PretrainedConfig):
     model_type = MODEL_TYPE
     attribute_map = {"hidden_size": "dim", "num_hidden_layers": "depth", "num_attention_heads": "heads"}
 
-    # An explicit __init__ (rather than dataclass fields) reads the same under every transformers 5.x release.
+    # An explicit __init__ (rather than dataclass fields) reads the same in transformers 5.2 and later 5.x releases.
     def __init__(
         self, ttmem: dict[str, Any] | None = None, ttmem_format: int = FORMAT_VERSION, use_cache: bool = True,
         **kwargs: Any,

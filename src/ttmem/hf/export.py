@@ -62,7 +62,12 @@ def export_run(source: str | Path, out_dir: str | Path) -> Path:
 
     source = Path(source)
     if source.is_dir() and (source / WEIGHTS_FILE).is_file() and (source / CONFIG_FILE).is_file():
-        model, tokenizer = load_model(source), "bytes"
+        try:
+            read_export_config(source)
+        except NotTtmemExportError:
+            model, tokenizer = load_model(source), "bytes"
+        else:
+            raise ValueError(f"{source} is already a Hugging Face export; load it with AutoModelForCausalLM")
     else:
         model, payload = load_trained(source)
         tokenizer = payload.get("train_config", {}).get("tokenizer", "bytes")
