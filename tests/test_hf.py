@@ -40,10 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path_factory):
-    for key, value in OFFLINE.items():
-        monkeypatch.setenv(key, value)
+@pytest.fixture(autouse=True, scope="module")
+def offline():
+    """No test here may reach the Hugging Face Hub: everything loads from local directories."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in OFFLINE.items():
+            patch.setenv(key, value)
+        yield
 
 
 def small(arch: str, seed: int = 0, **overrides):
