@@ -50,7 +50,7 @@ def offline():
 
 
 def small(arch: str, seed: int = 0, **overrides):
-    """A few-thousand-parameter model of `arch` whose segments, windows and chunks are shorter than the prompts."""
+    """A tiny model of `arch` (width 32, two blocks) whose segments, windows and chunks are shorter than the prompts."""
     torch.manual_seed(seed)
     fields = dict(dim=32, depth=2, heads=2, window=8, segment_len=8, chunk_size=4, cms_periods=(2, 4))
     return build_model(f"{arch}-tiny", **{**fields, **overrides}).eval()
