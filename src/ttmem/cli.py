@@ -1,4 +1,4 @@
-"""The `ttmem` command: train, eval, generate, bench, info. Only parses arguments and calls the library.
+"""The `ttmem` command: train, eval, generate, bench, info, export. Only parses arguments and calls the library.
 
 User errors (bad names, paths, config keys, checkpoints, a diverged run) print one line and exit 2;
 set TTMEM_DEBUG=1 to see the traceback. A run stopped by SIGINT / SIGTERM exits 128 + signal number
@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="auto")
 
     sub.add_parser("info", help="versions, devices, available presets, rules, optimizers, datasets")
+
+    export = sub.add_parser("export", help="convert a trained run or checkpoint to a Hugging Face model directory")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="run folder, checkpoint file or save_model directory")
+    export.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (empty, new, or an earlier export)")
 
     audit = sub.add_parser("audit", help="security instruments: `ttmem audit timing MODEL` (see --help there)",
                            add_help=False)
@@ -202,6 +206,17 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     return audit_timing(args.rest)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    try:
+        from ttmem.hf import export_run
+    except ImportError as err:
+        raise ValueError(str(err)) from None
+
+    out = export_run(args.run_dir, args.out_dir)
+    print(f"exported {args.run_dir} to {out} (load with ttmem.hf and AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
 COMMANDS = {
     "train": _cmd_train,
     "eval": _cmd_eval,
@@ -209,6 +224,7 @@ COMMANDS = {
     "bench": _cmd_bench,
     "info": _cmd_info,
     "audit": _cmd_audit,
+    "export": _cmd_export,
 }
 
 

@@ -7,6 +7,10 @@ are scored one at a time, truncated from the left to `max_length` tokens. Rollin
 cuts the text into consecutive windows of at most `max_length` predicted tokens, each predicted
 with up to `max_length` preceding tokens as context; the first token is predicted after
 `prefix_token` (a newline byte by default, as bytes have no end-of-text token).
+
+An exported ttmem model (`ttmem export`, see `ttmem.hf`) is scored identically by lm-eval's standard `hf`
+backend; this adapter remains for what does not export: any `nn.Module` (custom model factories) and models
+trained with tiktoken or sentencepiece tokenizers.
 """
 
 from __future__ import annotations
