@@ -206,7 +206,17 @@ def run_memory(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, ke
                recompute: bool = False) -> tuple[Tensor, MemoryState]:
     """The engine without argument checks. Engine layout: q, k [B, H, T, dk], v [B, H, T, dv]; lr (θ), keep
     (1 − α, None = 1), eta (η, None = 0), thr (Huber δ, None = the rule's constant) [B, H, T]; ``state`` must
-    be a state of this rule (see ``initial_state``). Returns out [B, H, T, dv] and the new state."""
+    be a state of this rule (see ``initial_state``). Returns out [B, H, T, dv] and the new state. Under autocast
+    the inner loop runs in the state's dtype (float32 for a float32 model)."""
+    device = q.device.type
+    if torch.is_autocast_enabled(device):
+        # Under mixed precision the inner loop still runs in the state's precision: its recurrence accumulates
+        # over the whole sequence (bf16 rounding compounds), and the delta rule's triangular solve has no bf16
+        # kernel. The caller's autocast resumes for whatever consumes the output.
+        dtype = state.weights[0].dtype
+        with torch.autocast(device, enabled=False):
+            cast = (None if x is None else x.to(dtype) for x in (q, k, v, lr, keep, eta, thr))
+            return run_memory(rule, *cast, chunk_size, state, impl, recompute)
     chunk = 1 if rule.per_token else chunk_size
     if impl == "auto":
         if q.shape[2] == 1 and step_applies(rule, state):

@@ -1,0 +1,66 @@
+"""``torch.compile`` with ``fullgraph=True``: no graph breaks in the memory layer or a whole model's training
+step, and the compiled function gives the eager results (fp32 tolerance).
+
+The default suite traces with the ``aot_eager`` backend (Dynamo plus AOTAutograd's forward and backward graphs,
+no code generation: seconds). Inductor's code generation on CPU takes minutes for an unrolled chunk loop, so the
+inductor runs are marked slow."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ttmem.layers import NeuralMemory
+from ttmem.models import build_model
+
+TINY = dict(dim=32, depth=1, heads=2, window=8, segment_len=8, chunk_size=4, cms_periods=(4, 8))
+
+
+def _layer_loss(layer: NeuralMemory):
+    def loss(x: torch.Tensor) -> torch.Tensor:
+        y, state = layer(x)
+        return y.square().mean() + sum(w.square().mean() for w in state.memory.weights)
+    return loss
+
+
+def _model_loss(model):
+    def loss(ids: torch.Tensor) -> torch.Tensor:
+        logits = model(ids[:, :-1]).logits
+        return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+    return loss
+
+
+def _compare(fn, arg, params, backend: str) -> None:
+    """Compiled (fullgraph) loss and gradients equal eager ones."""
+    torch._dynamo.reset()
+    eager = fn(arg)
+    eager_grads = torch.autograd.grad(eager, params)
+    compiled = torch.compile(fn, fullgraph=True, backend=backend)(arg)
+    compiled_grads = torch.autograd.grad(compiled, params)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-6)
+    for a, b in zip(compiled_grads, eager_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("rule", ["titans", "delta"])
+def test_memory_layer_compiles_without_graph_breaks(rule):
+    torch.manual_seed(0)
+    layer = NeuralMemory(16, heads=2, chunk_size=4, rule=rule)
+    _compare(_layer_loss(layer), torch.randn(2, 10, 16), list(layer.parameters()), "aot_eager")
+
+
+@pytest.mark.parametrize("arch", ["lmm", "mac", "mag", "mal", "hope", "gated_deltanet", "theta_lm", "swa_transformer"])
+def test_model_training_step_compiles_without_graph_breaks(arch):
+    torch.manual_seed(0)
+    model = build_model(f"{arch}-tiny", **TINY)
+    ids = torch.randint(0, 256, (2, 11))
+    _compare(_model_loss(model), ids, [p for p in model.parameters() if p.requires_grad], "aot_eager")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["lmm", "mac"])
+def test_model_training_step_compiles_with_inductor(arch):
+    torch.manual_seed(0)
+    model = build_model(f"{arch}-tiny", **TINY)
+    ids = torch.randint(0, 256, (2, 11))
+    _compare(_model_loss(model), ids, [p for p in model.parameters() if p.requires_grad], "inductor")
