@@ -8,7 +8,7 @@ M_p (p in k, v, eta, alpha) that keeps learning in context from its own self-gen
     target  v^_p,t = M_p w_t,  w_t = v_t / ||v_t||     (each memory generates its own values)
     update  M_p <- M_p (I - eta'_t u_t u_t^T) - eta'_t (M_p u_t - v^_p,t) u_t^T,   u_t = k_t / ||k_t||
 
-the delta-gradient-descent step of DESIGN.md with eta'_t = eta_t / (1 + eta_t), eta_t averaged
+Nested Learning's delta-gradient-descent (DGD) step with eta'_t = eta_t / (1 + eta_t), eta_t averaged
 over heads. The query projection stays a plain learned matrix, as in the paper.
 
 Design choices:

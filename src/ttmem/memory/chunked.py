@@ -1,6 +1,6 @@
 """The chunked engine: exact mini-batch test-time learning in the dual form.
 
-Per chunk (DESIGN.md): one batched forward of the chunk's keys (and the Omega window's earlier keys) through the
+Per chunk (docs/design.md): one batched forward of the chunk's keys (and the Omega window's earlier keys) through the
 memory at the chunk-start weights, one closed-form batched backward giving every layer's rank-one gradient
 factors g_i ⊗ x_i, then reads and the chunk's end state as plain matmuls with the coefficient matrices of
 ``coefficients.py``. No per-token weight gradient is ever built. Everything is differentiable, so the outer loop

@@ -1,5 +1,5 @@
 """Inside a chunk, momentum, forgetting, step sizes and the Omega window are linear, so they collapse into
-lower-triangular C×C coefficient matrices (DESIGN.md, "Why the fast path can be fast").
+lower-triangular C×C coefficient matrices (docs/design.md, "The fast paths").
 
 With gates for chunk positions 1..C, a momentum S_in and weights W_in at the chunk start, and u_i the gradient
 of token i at the chunk-start weights:

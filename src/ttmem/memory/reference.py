@@ -1,4 +1,4 @@
-"""The token-by-token reference: the semantics of DESIGN.md written out literally with plain autograd.
+"""The token-by-token reference: the semantics of docs/design.md written out literally with plain autograd.
 
 No dual form, no coefficient matrices, no closed-form gradients: each token's gradient comes from
 ``torch.autograd.grad`` of the objective's own loss at the chunk-start weights. Slow by design; it exists to prove
