@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
@@ -38,7 +37,8 @@ POLICIES = {
 _WORKER = r"""
 import json, statistics, sys, time, torch
 from ttmem.models import build_model
-model_name, batch, seq, steps, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+model_name = sys.argv[1]
+batch, seq, steps, threads = (int(a) for a in sys.argv[2:6])
 if threads:
     torch.set_num_threads(threads)
 torch.manual_seed(0)

@@ -1,12 +1,14 @@
 """Model benchmark: training throughput and peak memory at equal parameter count, decode latency vs context.
 
-    PYTHONPATH=src python benchmarks/models.py --out benchmarks/results/models.json
+    PYTHONPATH=src python benchmarks/models.py --threads 1 --out benchmarks/results/models.json
 
 Training: every architecture's preset of one size (``--size``, default ``tiny``: about 2.5M parameters
 each, see ``ttmem.models.presets``) runs ``--train-steps`` AdamW steps on random bytes of shape
-``--batch`` × ``--seq`` after one warm-up step; tokens/s = batch · seq · steps / time. Each model runs in
-its own process, so peak memory is that process's peak resident set minus its resident set just
-before the first step (on CUDA: ``torch.cuda.max_memory_allocated``).
+``--batch`` × each of ``--seqs`` after one warm-up step; tokens/s = batch · seq · steps / time. Each model runs
+in its own process, so peak memory is that process's peak resident set minus its resident set just
+before the first step (on CUDA: ``torch.cuda.max_memory_allocated``). The peer (``--peer``, the Transformer)
+runs before the first model and after every model, and each model's ratios are taken against the mean of the
+peer runs on either side of it: on a shared machine, load drifts over the minutes a table takes.
 
 Decode: for each context length, the model reads the context (prefill, streamed in pieces of
 ``--prefill-piece`` tokens) and then decodes ``--decode-tokens`` tokens one at a time; the median
@@ -135,12 +137,78 @@ def decode_latency(name: str, context: int, tokens: int, piece: int, max_real_at
             "prefill_s": None if synthetic else prefill_s}
 
 
+def _pair(first: dict, second: dict, key: str) -> float:
+    return (first[key] + second[key]) / 2
+
+
+def train_table(args: argparse.Namespace, seq: int) -> dict:
+    """Tokens/s and peak memory of every architecture, each measured between two runs of the peer (P A P B P ...)
+    so that its ratio to the peer compares runs minutes apart at most, whatever the machine's load does."""
+    print(f"\ntraining: batch {args.batch} x seq {seq}, {args.train_steps} steps after one warm-up, size {args.size}, "
+          f"{args.threads} thread(s); ratios against {args.peer} run just before and just after")
+    print(f"| model | params | tokens/s | × {args.peer} | peak MiB | × {args.peer} |")
+    print("|---|---|---|---|---|---|")
+    peer_name = f"{args.peer}-{args.size}"
+
+    def run(name: str) -> dict:
+        return train_throughput(name, args.batch, seq, args.train_steps, args.device, args.threads)
+
+    rows, before = {}, run(peer_name)
+    peer_runs = [before]
+    for arch in args.archs:
+        name = f"{arch}-{args.size}"
+        if name == peer_name:
+            continue
+        row = run(name)
+        after = run(peer_name)
+        peer_runs.append(after)
+        row["peer_tokens_per_s"] = _pair(before, after, "tokens_per_s")
+        row["speed_ratio"] = row["tokens_per_s"] / row["peer_tokens_per_s"]
+        row["memory_ratio"] = row["peak_memory_mib"] / _pair(before, after, "peak_memory_mib")
+        rows[name] = row
+        print(f"| {name} | {row['parameters']:,} | {row['tokens_per_s']:.0f} | {row['speed_ratio']:.2f} | "
+              f"{row['peak_memory_mib']:.0f} | {row['memory_ratio']:.2f} |", flush=True)
+        before = after
+    rows[peer_name] = {"runs": peer_runs, "parameters": peer_runs[0]["parameters"],
+                       "tokens_per_s": statistics.median(r["tokens_per_s"] for r in peer_runs),
+                       "peak_memory_mib": statistics.median(r["peak_memory_mib"] for r in peer_runs)}
+    print(f"| {peer_name} (median of {len(peer_runs)} runs) | {rows[peer_name]['parameters']:,} | "
+          f"{rows[peer_name]['tokens_per_s']:.0f} | 1 | {rows[peer_name]['peak_memory_mib']:.0f} | 1 |")
+    return rows
+
+
+def decode_table(args: argparse.Namespace) -> dict:
+    """ms per decoded token vs context for every architecture; at the first context each model is measured
+    right after the decoding peer, and the ratio to that run is reported."""
+    print(f"\ndecode latency, ms per token (s = synthetic full-attention cache, see module doc); "
+          f"ratio at {args.contexts[0]} against {args.decode_peer} measured just before")
+    print("| model | " + " | ".join(str(c) for c in args.contexts) + f" | × {args.decode_peer} |")
+    print("|---|" + "---|" * (len(args.contexts) + 1))
+    out = {}
+    peer_name = f"{args.decode_peer}-{args.size}"
+    for arch in args.archs:
+        name = f"{arch}-{args.size}"
+        peer = decode_latency(peer_name, args.contexts[0], args.decode_tokens, args.prefill_piece,
+                              args.max_real_attention_prefill, args.device)
+        rows = {c: decode_latency(name, c, args.decode_tokens, args.prefill_piece,
+                                  args.max_real_attention_prefill, args.device) for c in args.contexts}
+        ratio = rows[args.contexts[0]]["ms_per_token"] / peer["ms_per_token"]
+        out[name] = {"contexts": {str(c): row for c, row in rows.items()}, "peer_ms_per_token": peer["ms_per_token"],
+                     "ratio_to_peer": ratio}
+        cells = " | ".join(f"{r['ms_per_token']:.2f}{'s' if r['prefill'] == 'synthetic' else ''}"
+                           for r in rows.values())
+        print(f"| {name} | {cells} | {ratio:.2f} |", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seq", type=int, default=256)
+    parser.add_argument("--seqs", type=int, nargs="+", default=[256, 1024], help="training sequence lengths")
+    parser.add_argument("--peer", default="transformer", help="training peer, run before and after every model")
+    parser.add_argument("--decode-peer", default="swa_transformer", help="decoding peer, run beside every model")
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--contexts", type=int, nargs="+", default=list(DEFAULT_CONTEXTS))
     parser.add_argument("--decode-tokens", type=int, default=16)
@@ -159,25 +227,10 @@ def main() -> None:
                                  "threads": args.threads, "device": args.device},
                      "train": {}, "decode": {}}
     if not args.skip_train:
-        print(f"training throughput: batch {args.batch} x seq {args.seq}, {args.train_steps} steps, size {args.size}")
-        print(f"{'model':<24}{'params':>10}{'tokens/s':>12}{'peak MiB':>10}")
-        for arch in args.archs:
-            name = f"{arch}-{args.size}"
-            row = train_throughput(name, args.batch, args.seq, args.train_steps, args.device, args.threads)
-            results["train"][name] = row
-            print(f"{name:<24}{row['parameters']:>10,}{row['tokens_per_s']:>12.0f}{row['peak_memory_mib']:>10.0f}",
-                  flush=True)
+        for seq in args.seqs:
+            results["train"][str(seq)] = train_table(args, seq)
     if not args.skip_decode:
-        print("\ndecode latency, ms per token (s = synthetic full-attention cache, see module doc)")
-        print(f"{'model':<24}" + "".join(f"{c:>10}" for c in args.contexts))
-        for arch in args.archs:
-            name = f"{arch}-{args.size}"
-            rows = {c: decode_latency(name, c, args.decode_tokens, args.prefill_piece,
-                                      args.max_real_attention_prefill, args.device) for c in args.contexts}
-            results["decode"][name] = {str(c): row for c, row in rows.items()}
-            cells = "".join(f"{r['ms_per_token']:>9.2f}{'s' if r['prefill'] == 'synthetic' else ' '}"
-                            for r in rows.values())
-            print(f"{name:<24}{cells}", flush=True)
+        results["decode"] = decode_table(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwrote {args.out}")
