@@ -211,10 +211,19 @@ class Attention(nn.Module):
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
         return self.rotary(q, positions), self.rotary(k, positions), v
 
+    def _keys_values_only(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """k, v of x as [B, H, T, d] (rotary on k), without computing queries nobody reads."""
+        inner = self.heads * self.dim_head
+        k, v = F.linear(x, self.to_qkv.weight[inner:]).chunk(2, dim=-1)
+        return self.rotary(self._split_heads(k), positions), self._split_heads(v)
+
     def _persistent_keys_values(self, batch: int) -> tuple[Tensor, Tensor] | None:
         if self.persistent is None:
             return None
-        _, k, v = self.to_qkv(self.persistent[None]).chunk(3, dim=-1)
+        inner = self.heads * self.dim_head
+        # Project the parameter itself, not a view of it (a view made under no_grad has requires_grad set but no
+        # gradient function, which hooks such as FlopCounterMode's cannot handle); queries are not needed.
+        k, v = F.linear(self.persistent, self.to_qkv.weight[inner:])[None].chunk(2, dim=-1)
         k, v = self._split_heads(k), self._split_heads(v)
         return k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
 
@@ -238,7 +247,7 @@ class Attention(nn.Module):
         q, k, v = self._keys_values(x, positions)
         new_positions = positions
         if memory_tokens is not None:
-            _, k_mem, v_mem = self._keys_values(memory_tokens, positions)
+            k_mem, v_mem = self._keys_values_only(memory_tokens, positions)
             k, v = torch.cat((k_mem, k), dim=2), torch.cat((v_mem, v), dim=2)
             new_positions = torch.cat((positions, positions))
         full = _append(cache, k, v, new_positions, start + length, grow=self.window is None)
