@@ -48,12 +48,10 @@ def activation_derivative(name: str, x: Tensor) -> Tensor:
 
 
 def activation_backward(name: str, grad: Tensor, x: Tensor) -> Tensor:
-    """grad ⊙ σ'(x) as one fused kernel where torch has one (GELU, SiLU: their backward ops are themselves
-    differentiable, so the outer loop still trains through them); otherwise from ``activation_derivative``."""
+    """grad ⊙ σ'(x), as GELU's fused backward kernel for GELU (itself differentiable, so the outer loop still
+    trains through it; SiLU's has no derivative in torch) and from ``activation_derivative`` otherwise."""
     if name == "gelu":
         return torch.ops.aten.gelu_backward(grad, x)
-    if name == "silu":
-        return torch.ops.aten.silu_backward(grad, x)
     if name == "identity":
         return grad
     return grad * activation_derivative(name, x)
