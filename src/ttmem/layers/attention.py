@@ -206,7 +206,9 @@ class Attention(nn.Module):
     def _persistent_keys_values(self, batch: int) -> tuple[Tensor, Tensor] | None:
         if self.persistent is None:
             return None
-        _, k, v = self.to_qkv(self.persistent[None]).chunk(3, dim=-1)
+        # Project the parameter itself, not a view of it: a view taken under no_grad has requires_grad set
+        # but no gradient function, which hooks on the module input (FlopCounterMode's) cannot handle.
+        _, k, v = self.to_qkv(self.persistent)[None].chunk(3, dim=-1)
         k, v = self._split_heads(k), self._split_heads(v)
         return k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
 

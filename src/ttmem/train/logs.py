@@ -2,7 +2,8 @@
 
 Design: one JSON object per line in `log.jsonl`, appended and flushed per record, so a killed run
 keeps its log. A resumed run first drops the records of steps after its checkpoint, so the log
-of an interrupted-and-resumed run reads like one uninterrupted run.
+of an interrupted-and-resumed run reads like one uninterrupted run; lines it cannot parse (one cut by
+a kill, or damaged on disk) are moved to `log.jsonl.damaged`, not dropped.
 """
 
 from __future__ import annotations
@@ -13,20 +14,34 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ttmem.fileio import atomic_write_text
 
-def truncate_log(path: Path, last_step: int) -> None:
-    """Keep only records with step <= last_step (and records without a step)."""
+
+def truncate_log(path: Path, last_step: int) -> int:
+    """Keep only records with step <= last_step (and records without a step); returns how many damaged
+    lines were moved to `PATH.damaged`."""
     if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
+        return 0
+    kept, damaged = [], []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-        if record.get("step", 0) <= last_step:
+            step = record.get("step", 0) if isinstance(record, dict) else None
+            if step is not None and not isinstance(step, (int, float)):
+                raise ValueError
+        except ValueError:  # json.JSONDecodeError is a ValueError
+            if line.strip():
+                damaged.append(line)
+            continue
+        if step is None:
+            damaged.append(line)
+        elif step <= last_step:
             kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept))
+    if damaged:
+        with path.with_name(path.name + ".damaged").open("a", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in damaged))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return len(damaged)
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
