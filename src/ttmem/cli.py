@@ -280,12 +280,12 @@ def _failure(prefix: str, err: BaseException) -> int | None:
         text = describe_os_error(err) if isinstance(err, OSError) else str(err)
         print(f"{prefix}: error: {text}", file=sys.stderr)
         return USAGE_ERROR
+    if type(err).__name__ == "RunLocked":  # by name: the boundary must not import torch to classify
+        print(f"{prefix}: error: {err}", file=sys.stderr)
+        return ENVIRONMENT_ERROR
     cause = os_error_in(err)
     if cause is not None:
         print(f"{prefix}: error: {describe_os_error(cause)}", file=sys.stderr)
-        return ENVIRONMENT_ERROR
-    if type(err).__name__ == "RunLocked":  # by name: the boundary must not import torch to classify
-        print(f"{prefix}: error: {err}", file=sys.stderr)
         return ENVIRONMENT_ERROR
     if isinstance(err, ModuleNotFoundError):
         print(f"{prefix}: error: this needs the package '{err.name}', which is not installed", file=sys.stderr)

@@ -40,14 +40,15 @@ class UnverifiedError(ValueError):
 
 
 def os_error_in(err: BaseException) -> OSError | None:
-    """The first OSError in `err`'s chain of causes / contexts (itself included), else None."""
+    """The first OSError in `err`'s chain of causes / contexts (itself included; a context hidden by
+    `raise ... from None` is not followed), else None."""
     seen: set[int] = set()
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
         if isinstance(current, OSError):
             return current
         seen.add(id(current))
-        current = current.__cause__ or current.__context__
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return None
 
 

@@ -3,7 +3,9 @@
 Design: one JSON object per line in `log.jsonl`, appended and flushed per record, so a killed run
 keeps its log. A resumed run first drops the records of steps after its checkpoint, so the log
 of an interrupted-and-resumed run reads like one uninterrupted run; lines it cannot parse (one cut by
-a kill, or damaged on disk) are moved to `log.jsonl.damaged`, not dropped.
+a kill, or damaged on disk) are moved to `log.jsonl.damaged`, not dropped. Records whose write failed
+(a full disk, a read-only folder) are kept in `RunLogger.unwritten`; the trainer stores them in the
+checkpoint it writes before stopping, and the resumed run appends them (`append_records`).
 """
 
 from __future__ import annotations
@@ -44,6 +46,11 @@ def truncate_log(path: Path, last_step: int) -> int:
     return len(damaged)
 
 
+def append_records(path: Path, records: list[dict[str, Any]]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(record) + "\n" for record in records))
+
+
 def read_log(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
@@ -53,6 +60,7 @@ class RunLogger:
 
     def __init__(self, out_dir: Path, config: dict[str, Any], tensorboard: bool = False, wandb: bool = False) -> None:
         self.path = out_dir / "log.jsonl"
+        self.unwritten: list[dict[str, Any]] = []
         self._tb = self._wandb = None
         if tensorboard:
             try:
@@ -73,8 +81,14 @@ class RunLogger:
             )
 
     def log(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        if self.unwritten:  # the log already failed: keep the order, write nothing more
+            self.unwritten.append(record)
+            return
+        try:
+            append_records(self.path, [record])
+        except OSError:
+            self.unwritten.append(record)
+            raise
         step = record.get("step")
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         if self._tb is not None and step is not None:

@@ -65,7 +65,7 @@ from ttmem.train.distributed import (
     unwrap,
     wrap_model,
 )
-from ttmem.train.logs import RunLogger, read_log, truncate_log
+from ttmem.train.logs import RunLogger, append_records, read_log, truncate_log
 from ttmem.train.modelspec import build_from_spec
 from ttmem.train.optim import build_optimizer, warmup_cosine
 from ttmem.train.runlock import run_lock
@@ -187,6 +187,8 @@ class Trainer:
         self.tokens = 0  # training tokens consumed so far (batch and length may change on resume)
         self._signals = 0
         self._notices: list[str] = []
+        self._logger: RunLogger | None = None
+        self._unlogged: list[dict[str, Any]] = []  # log records a resumed checkpoint carried
 
     # -- setup helpers -------------------------------------------------------------------------
     def _autocast_dtype(self) -> torch.dtype | None:
@@ -222,6 +224,7 @@ class Trainer:
             "model_record": self.model_record,
             "train_config": self.config.to_dict(),
             "world_size": self.env.world,
+            "unlogged": list(self._logger.unwritten) if self._logger else [],
         }
         path = ckpt.save_checkpoint(ckpt.checkpoint_path(self.checkpoint_dir, self.step), payload)
         ckpt.prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
@@ -293,6 +296,7 @@ class Trainer:
         if changes:
             self._notice(f"resumed at step {step} with changed settings: {rs.format_changes(changes)}")
         self._changes = changes
+        self._unlogged = [r for r in payload.get("unlogged", []) if r.get("step", 0) <= step]
         return path
 
     # -- the loop ------------------------------------------------------------------------------
@@ -431,6 +435,7 @@ class Trainer:
                 damaged = truncate_log(log, self.step)
                 if damaged:
                     self._notice(f"{damaged} damaged line(s) of {log} moved to {log.name}.damaged")
+                append_records(log, self._unlogged)  # what the stopped run could not write
                 rs.record_history(
                     self.out_dir,
                     {
@@ -450,6 +455,7 @@ class Trainer:
         cfg, main = self.config, self.env.is_main
         resumed_from = self._start(resume, allowed)
         logger = RunLogger(self.out_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb) if main else None
+        self._logger = logger
         if logger:
             logger.log(
                 {
