@@ -293,28 +293,59 @@ def _failure(prefix: str, err: BaseException) -> int | None:
     return None
 
 
-def _force_exit_on_second_interrupt() -> object | None:
-    """After the first Ctrl-C, a second one ends the process at once; returns the previous handler."""
-    try:
-        return signal.signal(signal.SIGINT, lambda *_: os._exit(128 + signal.SIGINT))
-    except ValueError:  # not the main thread
-        return None
+class _Interrupts:
+    """SIGINT while a command runs outside the trainer: the first raises KeyboardInterrupt (and is
+    remembered, because an import interrupted half-way may surface as another error, e.g. numpy's
+    "cannot load module more than once"); the second exits at once. Inside `deferred()` the first
+    is only recorded and raised at the end of the block: a KeyboardInterrupt raised while torch's
+    C++ extensions load can abort the process."""
+
+    count = 0
+    defer = False
+
+    @classmethod
+    def handle(cls, signum: int, _frame: object) -> None:
+        cls.count += 1
+        if cls.count > 1:
+            os._exit(128 + signum)
+        if not cls.defer:
+            raise KeyboardInterrupt
+
+    @classmethod
+    @contextlib.contextmanager
+    def deferred(cls) -> Iterator[None]:
+        cls.defer = True
+        try:
+            yield
+        finally:
+            cls.defer = False
+        if cls.count:
+            raise KeyboardInterrupt
+
+    @classmethod
+    def install(cls) -> object | None:
+        """Install the handler; returns the previous one (None where signals cannot be set)."""
+        cls.count = 0
+        try:
+            return signal.signal(signal.SIGINT, cls.handle)
+        except ValueError:  # not the main thread
+            return None
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ttmem` console script; returns the exit status."""
-    prefix, previous_handler = "ttmem", None
+    prefix, previous_handler = "ttmem", _Interrupts.install()
     try:
         args = _parser().parse_args(argv)
         prefix = f"ttmem {args.command}"
+        with _Interrupts.deferred():
+            import torch  # noqa: F401  (every command needs it; loaded here so Ctrl-C cannot cut it)
         with _one_line_warnings(prefix):
             return COMMANDS[args.command](args)
     except (Exception, KeyboardInterrupt) as err:
-        if isinstance(err, KeyboardInterrupt):
-            previous_handler = _force_exit_on_second_interrupt()
         if os.environ.get("TTMEM_DEBUG"):
             raise
-        status = _failure(prefix, err)
+        status = _failure(prefix, KeyboardInterrupt() if _Interrupts.count else err)
         if status is None:
             raise
         return status

@@ -98,7 +98,7 @@ def fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
-def write_temporary(path: Path, write: Callable[[IO[bytes]], None]) -> tuple[Path, str]:
+def write_temporary(path: Path, write: Callable[[IO[bytes]], None], durable: bool = True) -> tuple[Path, str]:
     """Write `path`'s future content to its temporary sibling; returns (temporary path, SHA-256).
 
     On any failure the temporary file is removed and the underlying OSError (if any) is raised with
@@ -108,7 +108,8 @@ def write_temporary(path: Path, write: Callable[[IO[bytes]], None]) -> tuple[Pat
         with tmp.open("wb") as handle:
             write(handle)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         return tmp, sha256_file(tmp)
     except BaseException as err:
         tmp.unlink(missing_ok=True)
@@ -118,26 +119,28 @@ def write_temporary(path: Path, write: Callable[[IO[bytes]], None]) -> tuple[Pat
         raise
 
 
-def commit_temporary(tmp: Path, path: Path) -> None:
+def commit_temporary(tmp: Path, path: Path, durable: bool = True) -> None:
     """Rename a finished temporary file over `path` (atomic) and make the rename durable."""
     try:
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    fsync_folder(path.parent)
+    if durable:
+        fsync_folder(path.parent)
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> str:
-    """Write `path` atomically; returns the SHA-256 of what was written."""
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], durable: bool = True) -> str:
+    """Write `path` atomically; returns the SHA-256 of what was written. `durable=False` skips the
+    fsyncs: the file is still never seen half-written, but a power cut may bring back the old one."""
     path = Path(path)
-    tmp, digest = write_temporary(path, write)
-    commit_temporary(tmp, path)
+    tmp, digest = write_temporary(path, write, durable)
+    commit_temporary(tmp, path, durable)
     return digest
 
 
-def atomic_write_text(path: str | Path, text: str) -> str:
-    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+def atomic_write_text(path: str | Path, text: str, durable: bool = True) -> str:
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")), durable)
 
 
 # -- manifests ----------------------------------------------------------------------------------------
@@ -155,7 +158,7 @@ def read_manifest(folder: str | Path) -> dict[str, list[str]]:
         raise IntegrityError(f"{path} is damaged, so no file in {Path(folder)} can be verified") from None
 
 
-def write_manifest(folder: str | Path, entries: dict[str, list[str]]) -> None:
+def write_manifest(folder: str | Path, entries: dict[str, list[str]], durable: bool = True) -> None:
     """Replace `folder`'s manifest atomically; entries of files that no longer exist are dropped
     unless they are being written (a name with more than one accepted digest)."""
     folder = Path(folder)
@@ -165,17 +168,19 @@ def write_manifest(folder: str | Path, entries: dict[str, list[str]]) -> None:
         if len(digests) > 1 or (folder / name).is_file()
     }
     text = json.dumps({"format": MANIFEST_FORMAT, "version": 1, "files": kept}, indent=1) + "\n"
-    atomic_write_text(folder / MANIFEST, text)
+    atomic_write_text(folder / MANIFEST, text, durable)
 
 
-def record_digests(folder: str | Path, digests: dict[str, str], keep_previous: bool = False) -> None:
+def record_digests(
+    folder: str | Path, digests: dict[str, str], keep_previous: bool = False, durable: bool = True
+) -> None:
     """Record `digests` ({name: sha256}) in the manifest; `keep_previous` also keeps each name's old
     digests accepted (for the moment before the new version is renamed into place)."""
     entries = read_manifest(folder)
     for name, digest in digests.items():
         previous = entries.get(name, []) if keep_previous else []
         entries[name] = [*dict.fromkeys([*previous, digest])]
-    write_manifest(folder, entries)
+    write_manifest(folder, entries, durable)
 
 
 def write_verified(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
@@ -187,7 +192,8 @@ def write_verified(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path
         commit_temporary(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    record_digests(path.parent, {path.name: digest})
+    # Dropping the old digest needs no fsync: if a power cut loses it, the superset above still holds.
+    record_digests(path.parent, {path.name: digest}, durable=False)
     return path
 
 
