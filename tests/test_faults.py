@@ -71,17 +71,25 @@ def flip_bytes(path: Path, count: int) -> None:
 
 
 # -- 1. OS errors: read-only folders, a folder turning read-only mid-run, a full disk -----------------
-@pytest.mark.parametrize("where", ["out_dir", "parent"])
-def test_1_read_only_output_directory_or_parent(tmp_path, corpus, capsys, monkeypatch, where):
+@pytest.mark.parametrize(
+    "where,code,message",
+    [
+        ("out_dir", errno.EROFS, "read-only; choose a writable location"),
+        ("parent", errno.EROFS, "read-only; choose a writable location"),
+        ("out_dir", errno.EACCES, "permission denied; choose a location you may write to"),
+    ],
+)
+def test_1_read_only_or_unwritable_output_directory_or_parent(tmp_path, corpus, capsys, monkeypatch, where, code,
+                                                              message):
     readonly = tmp_path / "ro"
     readonly.mkdir()
     out = readonly / "run" if where == "out_dir" else readonly / "new" / "run"
     if where == "out_dir":
         out.mkdir()
-    FileSystemFault(monkeypatch, readonly)
-    code, _, stderr = run(tiny_train(out, corpus), capsys)
-    assert code == 1
-    assert_one_line(stderr, "ttmem train: error: ", "read-only; choose a writable location")
+    FileSystemFault(monkeypatch, readonly, code)
+    status, _, stderr = run(tiny_train(out, corpus), capsys)
+    assert status == 1
+    assert_one_line(stderr, "ttmem train: error: ", message)
 
 
 def test_1_checkpoint_folder_turns_read_only_mid_run(tmp_path, corpus, capsys, monkeypatch):
@@ -198,6 +206,20 @@ def test_2_eval_and_generate_refuse_a_corrupt_checkpoint(tmp_path, corpus, capsy
     assert_one_line(stderr, "ttmem generate: error: checkpoint ", "is corrupt or truncated")
 
 
+def test_2_checkpoints_without_a_manifest_load_with_a_warning_but_an_unlisted_one_is_refused(tmp_path):
+    from ttmem.fileio import MANIFEST, UnverifiedWarning
+
+    legacy = ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path / "old", 1), {"step": 1, "w": torch.ones(2)})
+    (tmp_path / "old" / MANIFEST).unlink()  # as written before digests were recorded
+    with pytest.warns(UnverifiedWarning, match="cannot be verified"):
+        assert torch.equal(ckpt.load_checkpoint(legacy)["w"], torch.ones(2))
+    managed = ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path / "new", 1), {"step": 1})
+    dropped_in = managed.with_name("step-0000002.pt")
+    dropped_in.write_bytes(legacy.read_bytes())
+    with pytest.raises(ckpt.CorruptCheckpoint, match="has no recorded SHA-256"):
+        ckpt.load_checkpoint(dropped_in)
+
+
 def test_2_load_model_refuses_a_damaged_weights_file(tmp_path):
     from ttmem.models import ModelConfig, build_model, load_model, save_model
 
@@ -222,6 +244,15 @@ def test_3_resume_with_other_data_and_batch_size_is_refused_with_the_differences
     assert "--allow-change data,batch_size" in stderr
     assert (out / "config.yaml").read_text() == before  # config.yaml still states what the run used
     assert valid_steps(out) == [2]
+
+
+def test_3_steps_below_the_checkpoint_are_refused(tmp_path, corpus, capsys):
+    out = tmp_path / "run"
+    assert run(tiny_train(out, corpus, "steps=4"), capsys)[0] == 0
+    code, _, stderr = run([*tiny_train(out, corpus, "steps=2"), "--resume"], capsys)
+    assert code == 2
+    assert_one_line(stderr, "steps=2 is below the step 4 of checkpoint ")
+    assert "steps: 4" in (out / "config.yaml").read_text()
 
 
 def test_3_an_allowed_lr_and_batch_change_is_used_and_recorded(tmp_path, corpus, capsys):

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
@@ -37,6 +38,10 @@ class IntegrityError(ValueError):
 
 class UnverifiedError(ValueError):
     """A file has no recorded SHA-256, so its content cannot be checked."""
+
+
+class UnverifiedWarning(UserWarning):
+    """A file from a folder without any manifest (written before digests were recorded) was read unchecked."""
 
 
 def os_error_in(err: BaseException) -> OSError | None:
@@ -197,9 +202,24 @@ def write_verified(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path
     return path
 
 
-def verify_file(path: str | Path, what: str = "file") -> None:
-    """Raise IntegrityError / UnverifiedError unless `path` matches a digest in its folder's manifest."""
+def warn_unverified(path: Path, what: str) -> None:
+    warnings.warn(
+        f"{what} {path} cannot be verified: its folder has no {MANIFEST} (written by an older ttmem, or copied "
+        "without it)",
+        UnverifiedWarning,
+        stacklevel=3,
+    )
+
+
+def verify_file(path: str | Path, what: str = "file") -> bool:
+    """True if `path` matches a digest in its folder's manifest; IntegrityError / UnverifiedError if not.
+
+    False for a folder with no manifest at all (written before ttmem recorded digests, or a file copied
+    alone): nothing can be checked, and the caller reads it with `warn_unverified`. A folder that has a
+    manifest but no entry for the file refuses it."""
     path = Path(path)
+    if not (path.parent / MANIFEST).exists():
+        return False
     accepted = read_manifest(path.parent).get(path.name)
     if not accepted:
         raise UnverifiedError(
@@ -210,6 +230,7 @@ def verify_file(path: str | Path, what: str = "file") -> None:
         raise IntegrityError(
             f"{what} {path} is corrupt or truncated: its SHA-256 differs from the one recorded when it was written"
         )
+    return True
 
 
 def seal(folder: str | Path, names: Iterable[str]) -> None:

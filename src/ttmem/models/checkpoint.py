@@ -7,7 +7,8 @@ Design choices:
   tensors, shapes. Nothing is silently skipped.
 - Integrity. Both files are written atomically and their SHA-256 digests are recorded in the
   directory's ``manifest.json``; every read checks the digest first, so a damaged or edited file is an
-  error, never a model with garbage weights. ``seal_model_dir`` re-records files changed on purpose.
+  error, never a model with garbage weights (a directory without a manifest, from an older version,
+  loads with a warning). ``seal_model_dir`` re-records files changed on purpose.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
-from ttmem.fileio import atomic_write, atomic_write_text, record_digests, seal, verify_file
+from ttmem.fileio import (
+    atomic_write,
+    atomic_write_text,
+    record_digests,
+    remove_stale_temporaries,
+    seal,
+    verify_file,
+    warn_unverified,
+)
 from ttmem.models.config import ModelConfig
 from ttmem.models.language_model import LanguageModel
 
@@ -47,6 +56,7 @@ def save_model(model: LanguageModel, path: str | Path) -> None:
         raise TypeError(f"model must be a LanguageModel, got {type(model).__name__}")
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory)  # left by writers that were killed
     tensors = {name: t.detach().contiguous().cpu() for name, t in unique_state_dict(model).items()}
     blob = save(tensors, metadata={"arch": model.config.arch})
     digests = {
@@ -73,9 +83,11 @@ def read_config(path: str | Path) -> ModelConfig:
 
 def _verify(path: Path) -> None:
     try:
-        verify_file(path, "model file")
+        verified = verify_file(path, "model file")
     except ValueError as err:
         raise ValueError(f"{err}; if you changed it on purpose, call ttmem.models.seal_model_dir") from None
+    if not verified:
+        warn_unverified(path, "model file")
 
 
 def _read_weights(path: str | Path) -> dict[str, Tensor]:

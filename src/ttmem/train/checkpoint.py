@@ -6,7 +6,8 @@ rebuild the model). It is written to a hidden temporary file in the same folder,
 SHA-256 recorded in the folder's `manifest.json`, then renamed over its final name with `os.replace`,
 which is atomic: a run killed mid-write leaves only a temporary file, which is never listed and is
 removed by the next run in that folder. Every load recomputes the digest first, so a checkpoint that
-loads is byte for byte the one that was written; `latest_valid_checkpoint` skips (and sets aside as
+loads is byte for byte the one that was written (a folder without any manifest, from before digests
+were recorded, loads with a warning that it is unverified); `latest_valid_checkpoint` skips (and sets aside as
 `*.corrupt`) newer checkpoints that fail the check. Files are read with `weights_only=True` (no
 arbitrary code runs on load).
 """
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from ttmem.fileio import IntegrityError, UnverifiedError, verify_file, write_verified
+from ttmem.fileio import IntegrityError, UnverifiedError, verify_file, warn_unverified, write_verified
 
 FORMAT = "ttmem-checkpoint"
 VERSION = 1
@@ -49,13 +50,13 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"checkpoint not found: {path}" if not path.exists() else f"{path} is not a file")
-    unverified = None
+    unlisted = None
     try:  # the digest is checked before any byte is unpickled
-        verify_file(path, "checkpoint")
+        verified = verify_file(path, "checkpoint")
     except IntegrityError as err:
         raise CorruptCheckpoint(str(err)) from None
-    except UnverifiedError as err:  # still refused below, once we know the file is ours and readable
-        unverified = str(err)
+    except UnverifiedError as err:  # refused below, after naming a damaged or foreign file as such
+        verified, unlisted = False, str(err)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as err:
@@ -64,8 +65,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a ttmem checkpoint")
-    if unverified:
-        raise CorruptCheckpoint(unverified)
+    if unlisted:
+        raise CorruptCheckpoint(unlisted)
+    if not verified:
+        warn_unverified(path, "checkpoint")
     if payload.get("version") != VERSION:
         raise ValueError(f"checkpoint {path} has format version {payload.get('version')}, expected {VERSION}")
     return payload

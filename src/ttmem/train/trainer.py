@@ -267,6 +267,8 @@ class Trainer:
                 f"{self.model_record['args']}"
             )
         step = int(payload["step"])
+        if self.config.steps < step:  # config.yaml would claim a length the run has already passed
+            raise ValueError(f"steps={self.config.steps} is below the step {step} of checkpoint {path}")
         stored = payload.get("train_config") or {}
         changes = config_changes(stored, self.config)
         rs.refuse_unallowed(changes, allowed, path, step)
