@@ -275,7 +275,7 @@ def _failure(prefix: str, err: BaseException) -> int | None:
     if isinstance(err, KeyboardInterrupt):
         detail = f": {err}" if str(err) else ""
         print(f"{prefix}: interrupted{detail}", file=sys.stderr)
-        return 128 + signal.SIGINT
+        return 128 + int(getattr(err, "signum", signal.SIGINT))
     if isinstance(err, _USER_ERRORS) or type(err).__name__ in _USER_ERRORS_BY_NAME:
         text = describe_os_error(err) if isinstance(err, OSError) else str(err)
         print(f"{prefix}: error: {text}", file=sys.stderr)

@@ -83,6 +83,10 @@ class RunStorageError(OSError):
 class ForcedStop(KeyboardInterrupt):
     """A second SIGINT / SIGTERM: the run stopped at once, without a final checkpoint."""
 
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
+
 
 @dataclass
 class TrainResult:
@@ -404,7 +408,7 @@ class Trainer:
         self._signals += 1
         name = signal.Signals(signum).name
         if self._signals > 1:
-            raise ForcedStop(f"{name} again: stopped at once, without a checkpoint of this step")
+            raise ForcedStop(f"{name} again: stopped at once, without a checkpoint of this step", signum)
         self.request_stop(name)
 
     def fit(self, resume: bool | str | Path = False, allow_changes: Iterable[str] = ()) -> TrainResult:
@@ -527,7 +531,7 @@ class Trainer:
             raise self._storage_error(err, try_checkpoint=not saving) from err
         except KeyboardInterrupt as err:
             if isinstance(err, ForcedStop):
-                raise ForcedStop(f"{err}; {self._kept()}") from None
+                raise ForcedStop(f"{err}; {self._kept()}", err.signum) from None
             raise
         finally:
             if bar:
