@@ -260,12 +260,16 @@ def _one_line_warnings(prefix: str) -> Iterator[None]:
 
     def show(message, category, filename, lineno, file=None, line=None) -> None:
         kind = "" if category.__module__.startswith("ttmem") else f"{category.__name__}: "
-        text = " ".join(str(message).split())
-        print(f"{prefix}: warning: {kind}{text}", file=sys.stderr)
+        _say(f"{prefix}: warning: {kind}{message}")
 
     with warnings.catch_warnings():
         warnings.showwarning = show
         yield
+
+
+def _say(line: str) -> None:
+    """One line on stderr, whatever the message holds (a library message may span lines)."""
+    print(" ".join(line.split()), file=sys.stderr)
 
 
 def _failure(prefix: str, err: BaseException) -> int | None:
@@ -274,21 +278,21 @@ def _failure(prefix: str, err: BaseException) -> int | None:
 
     if isinstance(err, KeyboardInterrupt):
         detail = f": {err}" if str(err) else ""
-        print(f"{prefix}: interrupted{detail}", file=sys.stderr)
+        _say(f"{prefix}: interrupted{detail}")
         return 128 + int(getattr(err, "signum", signal.SIGINT))
     if isinstance(err, _USER_ERRORS) or type(err).__name__ in _USER_ERRORS_BY_NAME:
         text = describe_os_error(err) if isinstance(err, OSError) else str(err)
-        print(f"{prefix}: error: {text}", file=sys.stderr)
+        _say(f"{prefix}: error: {text}")
         return USAGE_ERROR
     if type(err).__name__ == "RunLocked":  # by name: the boundary must not import torch to classify
-        print(f"{prefix}: error: {err}", file=sys.stderr)
+        _say(f"{prefix}: error: {err}")
         return ENVIRONMENT_ERROR
     cause = os_error_in(err)
     if cause is not None:
-        print(f"{prefix}: error: {describe_os_error(cause)}", file=sys.stderr)
+        _say(f"{prefix}: error: {describe_os_error(cause)}")
         return ENVIRONMENT_ERROR
     if isinstance(err, ModuleNotFoundError):
-        print(f"{prefix}: error: this needs the package '{err.name}', which is not installed", file=sys.stderr)
+        _say(f"{prefix}: error: this needs the package '{err.name}', which is not installed")
         return ENVIRONMENT_ERROR
     return None
 
