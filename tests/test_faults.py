@@ -190,7 +190,7 @@ def test_2_no_valid_checkpoint_left_is_an_error_not_a_fresh_start(tmp_path, corp
     flip_bytes(ckpt.checkpoint_path(out / "checkpoints", 2), 3)
     code, _, stderr = run([*tiny_train(out, corpus), "--resume"], capsys)
     assert code == 2
-    assert stderr.splitlines()[-1].endswith("holds no valid checkpoint to resume from")
+    assert "holds no valid checkpoint to resume from; to start over" in stderr.splitlines()[-1]
     assert "Traceback" not in stderr and (out / "checkpoints" / "step-0000002.pt.corrupt").exists()
 
 
@@ -465,3 +465,39 @@ def test_9_second_ctrl_c_stops_at_once_and_keeps_the_checkpoints(tmp_path, corpu
     assert_one_line(stderr, "ttmem train: interrupted: SIGINT again: stopped at once", "last checkpoint kept: ")
     assert valid_steps(out) == [2]
     assert not list((out / "checkpoints").glob(".*tmp-*"))
+
+
+@pytest.mark.slow
+def test_9_ctrl_c_at_many_points_of_the_start_is_always_one_line(tmp_path, corpus):
+    """SIGINT spread over the imports, the data loading and the first steps."""
+    for delay in (0.05, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2, 1.5, 1.9, 2.4, 3.0, 4.0):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "ttmem", *tiny_train(tmp_path / f"run{delay}", corpus, "steps=400")],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signal.SIGINT, (delay, stderr)
+        assert "Traceback" not in stderr and stderr.count("\n") == 1, (delay, stderr)
+        assert "interrupted" in stderr or "stopped by SIGINT" in stderr, (delay, stderr)
+
+
+@pytest.mark.slow
+def test_4_two_runs_started_together_in_one_directory(tmp_path, corpus):
+    out = tmp_path / "run"
+    procs = [launch(tmp_path, tiny_train(out, corpus, "steps=20", "keep_checkpoints=2")) for _ in range(2)]
+    results = [(p.pid, *p.communicate(timeout=300), p.returncode) for p in procs]
+    winners = [r for r in results if r[3] == 0]
+    losers = [r for r in results if r[3] != 0]
+    assert len(winners) == 1 and len(losers) == 1, results
+    (winner_pid, *_), (_, _, loser_err, loser_code) = winners[0], losers[0]
+    assert loser_code in (1, 2), loser_err
+    assert_one_line(loser_err)
+    # Whoever lost said why: the lock named the winner, or (if the winner had already finished) its checkpoints.
+    assert f"(PID {winner_pid})" in loser_err or "already holds checkpoints" in loser_err
+    assert [s for s, _ in losses(out)] == list(range(1, 21))  # each step once, from one model
+    assert valid_steps(out) == [18, 20]

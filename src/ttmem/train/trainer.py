@@ -254,7 +254,9 @@ class Trainer:
         for problem in problems:
             self._notice(problem)
         if path is None and (problems or given is not None):
-            raise ValueError(f"{folder} holds no valid checkpoint to resume from")
+            raise ValueError(
+                f"{folder} holds no valid checkpoint to resume from; to start over, remove it or choose another out_dir"
+            )
         if path is not None and problems:
             self._notice(f"resuming from {path}, the newest checkpoint that passes its integrity check")
         return path, payload
