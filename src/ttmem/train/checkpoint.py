@@ -99,11 +99,16 @@ def latest_valid_checkpoint(
         try:
             return path, load_checkpoint(path), problems
         except CorruptCheckpoint as err:
+            if not path.exists():  # another process of this run set it aside meanwhile
+                continue
             if set_aside:
                 aside = path.with_name(path.name + ".corrupt")
                 path.replace(aside)
                 err = CorruptCheckpoint(f"{err}; set aside as {aside.name}")
             problems.append(str(err))
+        except ValueError:
+            if path.exists():
+                raise  # vanished files are skipped: set aside by another process of the same run
     return None, None, problems
 
 
