@@ -340,6 +340,13 @@ def test_8_flops_are_counted_through_persistent_tokens_under_no_grad():
     assert whole > projection
 
 
+def test_8_timing_audit_of_the_default_model_completes(capsys):
+    argv = ["audit", "timing", "mac-tiny", "--trials", "2", "--warmup", "0", "--length", "4", "--lengths", "4", "8"]
+    code, stdout, stderr = run([*argv, "--permutations", "5"], capsys)
+    assert code == 0, stderr
+    assert "FLOPs" in stdout and "context length" in stdout
+
+
 # -- 9. the small ones -----------------------------------------------------------------------------------
 def test_9_binary_training_data_is_refused(tmp_path, corpus, capsys):
     binary = tmp_path / "data.bin"
