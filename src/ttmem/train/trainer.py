@@ -250,7 +250,8 @@ class Trainer:
         folder = self.checkpoint_dir if given is None else (
             given / "checkpoints" if (given / "checkpoints").is_dir() else given
         )
-        path, payload, problems = ckpt.latest_valid_checkpoint(folder, set_aside=self.env.is_main)
+        own = folder.resolve() == self.checkpoint_dir.resolve()  # only our locked folder is ours to change
+        path, payload, problems = ckpt.latest_valid_checkpoint(folder, set_aside=self.env.is_main and own)
         for problem in problems:
             self._notice(problem)
         if path is None and (problems or given is not None):
