@@ -206,6 +206,26 @@ def test_2_eval_and_generate_refuse_a_corrupt_checkpoint(tmp_path, corpus, capsy
     assert_one_line(stderr, "ttmem generate: error: checkpoint ", "is corrupt or truncated")
 
 
+def test_2_a_writer_killed_right_after_the_rename_leaves_a_verifiable_checkpoint(tmp_path, monkeypatch):
+    """The digest is in the manifest before the rename, so no instant leaves a listed file without one."""
+    from ttmem import fileio
+
+    real_commit = fileio.commit_temporary
+
+    def commit_then_die(tmp, path, durable=True):
+        real_commit(tmp, path, durable)
+        if path.suffix == ".pt":  # the checkpoint's rename, not the manifest's
+            raise KeyboardInterrupt  # stands for kill -9: nothing after the rename runs
+
+    ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path, 1), {"step": 1})
+    monkeypatch.setattr(fileio, "commit_temporary", commit_then_die)
+    for step in (2, 2):  # a new name, then a new version of an existing name
+        with pytest.raises(KeyboardInterrupt):
+            ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path, step), {"step": step, "w": torch.rand(3)})
+        assert ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path, step))["step"] == step
+    assert ckpt.load_checkpoint(ckpt.checkpoint_path(tmp_path, 1))["step"] == 1
+
+
 def test_2_checkpoints_without_a_manifest_load_with_a_warning_but_an_unlisted_one_is_refused(tmp_path):
     from ttmem.fileio import MANIFEST, UnverifiedWarning
 

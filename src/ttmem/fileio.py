@@ -163,14 +163,15 @@ def read_manifest(folder: str | Path) -> dict[str, list[str]]:
         raise IntegrityError(f"{path} is damaged, so no file in {Path(folder)} can be verified") from None
 
 
-def write_manifest(folder: str | Path, entries: dict[str, list[str]], durable: bool = True) -> None:
-    """Replace `folder`'s manifest atomically; entries of files that no longer exist are dropped
-    unless they are being written (a name with more than one accepted digest)."""
+def write_manifest(
+    folder: str | Path, entries: dict[str, list[str]], durable: bool = True, writing: Iterable[str] = ()
+) -> None:
+    """Replace `folder`'s manifest atomically; entries of files that no longer exist are dropped, except
+    those of the names in `writing` (recorded before their file is renamed into place)."""
     folder = Path(folder)
+    writing = set(writing)
     kept = {
-        name: digests
-        for name, digests in sorted(entries.items())
-        if len(digests) > 1 or (folder / name).is_file()
+        name: digests for name, digests in sorted(entries.items()) if name in writing or (folder / name).is_file()
     }
     text = json.dumps({"format": MANIFEST_FORMAT, "version": 1, "files": kept}, indent=1) + "\n"
     atomic_write_text(folder / MANIFEST, text, durable)
@@ -185,7 +186,7 @@ def record_digests(
     for name, digest in digests.items():
         previous = entries.get(name, []) if keep_previous else []
         entries[name] = [*dict.fromkeys([*previous, digest])]
-    write_manifest(folder, entries, durable)
+    write_manifest(folder, entries, durable, writing=digests)
 
 
 def write_verified(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
