@@ -17,6 +17,7 @@ from ttmem.models import (
     load_model,
     load_weights,
     save_model,
+    seal_model_dir,
 )
 from ttmem.models.presets import SIZE_TARGETS
 from ttmem.models.sampling import filter_logits, sample_next_token
@@ -115,6 +116,9 @@ def test_load_errors_name_what_differs(tmp_path):
     weights["extra.weight"] = torch.zeros(2)
     del weights["norm.weight"]
     save_file(weights, str(tmp_path / "a" / "model.safetensors"))
+    with pytest.raises(ValueError, match="corrupt or truncated"):  # edited files fail their digest check
+        load_model(tmp_path / "a")
+    seal_model_dir(tmp_path / "a")  # ... until re-recorded on purpose
     with pytest.raises(ValueError, match=r"missing \['norm.weight'\], unexpected \['extra.weight'\]"):
         load_model(tmp_path / "a")
     with pytest.raises(FileNotFoundError, match="config.json"):

@@ -1,20 +1,29 @@
 """The `ttmem` command: train, eval, generate, bench, info, export. Only parses arguments and calls the library.
 
-User errors (bad names, paths, config keys, checkpoints, a diverged run) print one line and exit 2;
-set TTMEM_DEBUG=1 to see the traceback. A run stopped by SIGINT / SIGTERM exits 128 + signal number
-after writing its checkpoint.
+One error boundary (`main` -> `_failure`) turns every expected failure into one line on stderr that
+says what to do: user errors (bad names, paths, config keys, checkpoints, a diverged run) exit 2; the
+environment's failures (no space, a read-only or unwritable folder, a run directory locked by another
+run, a missing optional package) exit 1; Ctrl-C exits 130, whenever it comes (imports included). The
+library guarantees that none of these loses a checkpoint already written. Warnings print as one line
+each. Set TTMEM_DEBUG=1 to see tracebacks. A run stopped by SIGINT / SIGTERM exits 128 + signal
+number after writing its checkpoint; a second signal stops it at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
 import os
 import signal
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 USAGE_ERROR = 2
+ENVIRONMENT_ERROR = 1
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -30,7 +39,17 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--config", help="YAML or TOML config file")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
-    train.add_argument("--resume-from", default="", metavar="CHECKPOINT", help="continue from CHECKPOINT")
+    train.add_argument(
+        "--resume-from", default="", metavar="PATH", help="continue from a checkpoint file, or a run folder's newest"
+    )
+    train.add_argument(
+        "--allow-change",
+        dest="allow_changes",
+        action="append",
+        default=[],
+        metavar="KEY[,KEY]",
+        help="on resume, accept these run-defining settings changed from the run's (recorded in config_history.jsonl)",
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     ev = sub.add_parser("eval", help="evaluate checkpoints / run folders on the same data")
@@ -81,8 +100,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from ttmem.train.report import run_main_job
 
     config = resolve_config(args.config, [*args.overrides, *args.settings])
+    allow = [key.strip() for item in args.allow_changes for key in item.split(",") if key.strip()]
     try:
-        out = run_main_job(config, resume=args.resume_from or args.resume, progress=not args.no_progress)
+        out = run_main_job(
+            config, resume=args.resume_from or args.resume, progress=not args.no_progress, allow_changes=allow
+        )
     finally:
         shutdown_distributed()
     stopped = next(
@@ -109,7 +131,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _at_least(minimum: int, **values: int | None) -> None:
+    """ValueError naming the first option below `minimum` (None = not given)."""
+    for name, value in values.items():
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}, got {value}")
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
+    _at_least(1, seq_len=args.seq_len, eval_tokens=args.eval_tokens, depths=args.depths, samples=args.samples)
+    _at_least(0, mqar_pairs=args.mqar_pairs)
     from ttmem.eval.recall import save_heatmap
     from ttmem.train.pipeline import compare, format_table, report_depths
 
@@ -139,6 +170,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    if not 0 <= args.temperature < math.inf:
+        raise ValueError(f"--temperature must be a finite number >= 0, got {args.temperature}")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise ValueError(f"--top-p must be in (0, 1], got {args.top_p}")
+    _at_least(0, max_new_tokens=args.max_new_tokens)
+    _at_least(1, top_k=args.top_k)
     import torch
 
     from ttmem.data import get_tokenizer
@@ -156,6 +193,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    _at_least(1, batch_size=args.batch_size, seq_len=args.seq_len, iters=args.iters)
     from ttmem.eval.speed import measure_throughput
     from ttmem.train.distributed import DistEnv, pick_device
     from ttmem.train.modelspec import build_from_spec
@@ -228,19 +266,109 @@ COMMANDS = {
 }
 
 
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError)
+_USER_ERRORS_BY_NAME = ("DataUnavailableError", "TrainingDiverged")
+
+
+@contextlib.contextmanager
+def _one_line_warnings(prefix: str) -> Iterator[None]:
+    """Warnings as `ttmem CMD: warning: ...` lines (the library's notices about a resumed run included)."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        kind = "" if category.__module__.startswith("ttmem") else f"{category.__name__}: "
+        _say(f"{prefix}: warning: {kind}{message}")
+
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        yield
+
+
+def _say(line: str) -> None:
+    """One line on stderr, whatever the message holds (a library message may span lines)."""
+    print(" ".join(line.split()), file=sys.stderr)
+
+
+def _failure(prefix: str, err: BaseException) -> int | None:
+    """The exit status for an expected failure, after printing its one line; None for anything else."""
+    from ttmem.fileio import describe_os_error, os_error_in
+
+    if isinstance(err, KeyboardInterrupt):
+        detail = f": {err}" if str(err) else ""
+        _say(f"{prefix}: interrupted{detail}")
+        return 128 + int(getattr(err, "signum", signal.SIGINT))
+    if isinstance(err, _USER_ERRORS) or type(err).__name__ in _USER_ERRORS_BY_NAME:
+        text = describe_os_error(err) if isinstance(err, OSError) else str(err)
+        _say(f"{prefix}: error: {text}")
+        return USAGE_ERROR
+    if type(err).__name__ == "RunLocked":  # by name: the boundary must not import torch to classify
+        _say(f"{prefix}: error: {err}")
+        return ENVIRONMENT_ERROR
+    cause = os_error_in(err)
+    if cause is not None:
+        _say(f"{prefix}: error: {describe_os_error(cause)}")
+        return ENVIRONMENT_ERROR
+    if isinstance(err, ModuleNotFoundError):
+        _say(f"{prefix}: error: this needs the package '{err.name}', which is not installed")
+        return ENVIRONMENT_ERROR
+    return None
+
+
+class _Interrupts:
+    """SIGINT while a command runs outside the trainer: the first raises KeyboardInterrupt (and is
+    remembered, because an import interrupted half-way may surface as another error, e.g. numpy's
+    "cannot load module more than once"); the second exits at once. Inside `deferred()` the first
+    is only recorded and raised at the end of the block: a KeyboardInterrupt raised while torch's
+    C++ extensions load can abort the process."""
+
+    count = 0
+    defer = False
+
+    @classmethod
+    def handle(cls, signum: int, _frame: object) -> None:
+        cls.count += 1
+        if cls.count > 1:
+            os._exit(128 + signum)
+        if not cls.defer:
+            raise KeyboardInterrupt
+
+    @classmethod
+    @contextlib.contextmanager
+    def deferred(cls) -> Iterator[None]:
+        cls.defer = True
+        try:
+            yield
+        finally:
+            cls.defer = False
+        if cls.count:
+            raise KeyboardInterrupt
+
+    @classmethod
+    def install(cls) -> object | None:
+        """Install the handler; returns the previous one (None where signals cannot be set)."""
+        cls.count = 0
+        try:
+            return signal.signal(signal.SIGINT, cls.handle)
+        except ValueError:  # not the main thread
+            return None
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `ttmem` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
-    from ttmem.data import DataUnavailableError
-    from ttmem.train import TrainingDiverged
-
+    prefix, previous_handler = "ttmem", _Interrupts.install()
     try:
-        return COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError, DataUnavailableError, TrainingDiverged) as err:
+        args = _parser().parse_args(argv)
+        prefix = f"ttmem {args.command}"
+        with _Interrupts.deferred():
+            import torch  # noqa: F401  (every command needs it; loaded here so Ctrl-C cannot cut it)
+        with _one_line_warnings(prefix):
+            return COMMANDS[args.command](args)
+    except (Exception, KeyboardInterrupt) as err:
         if os.environ.get("TTMEM_DEBUG"):
             raise
-        print(f"ttmem {args.command}: error: {err}", file=sys.stderr)
-        return USAGE_ERROR
-    except KeyboardInterrupt:
-        print(f"ttmem {args.command}: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
+        status = _failure(prefix, KeyboardInterrupt() if _Interrupts.count else err)
+        if status is None:
+            raise
+        return status
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)

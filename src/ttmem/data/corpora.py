@@ -134,6 +134,8 @@ def load_path(
         data = root.read_bytes()
         if not data.strip():
             raise ValueError(f"data file is empty: {root}")
+        if b"\x00" in data[:8192]:  # the same test the folder loader uses to skip binary files
+            raise ValueError(f"data file {root} is binary (it contains NUL bytes); pass a text file or folder")
         train, val = split_by_position(data, val_fraction)
     else:
         files = [f for f in list_text_files(root) if f.stat().st_size > 0]

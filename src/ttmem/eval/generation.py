@@ -7,6 +7,8 @@ nothing from the model beyond forward(input_ids) -> logits.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -37,8 +39,10 @@ def sample(
     seed: int | None = None,
 ) -> torch.Tensor:
     """prompt [B, T] -> [B, T + max_new_tokens]; temperature 0 = greedy."""
-    if max_new_tokens < 0 or temperature < 0:
-        raise ValueError(f"max_new_tokens and temperature must be >= 0, got {max_new_tokens}, {temperature}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    if not 0 <= temperature < math.inf:  # also refuses NaN, which every comparison lets through
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
     if seed is not None:
         torch.manual_seed(seed)
     model.eval()

@@ -69,9 +69,9 @@ def needle_grid(
     grid = np.zeros((len(depths), len(lengths)))
     cells = [(i, j) for j in range(len(lengths)) for i in range(len(depths))]
     if progress:
-        from tqdm.auto import tqdm
+        from ttmem.progress import progress_bar
 
-        cells = tqdm(cells, desc="needle eval", unit="cell")
+        cells = progress_bar(cells, desc="needle eval", unit="cell")
     for i, j in cells:
         grid[i, j] = needle_accuracy(model, lengths[j], float(depths[i]), samples, seed, tokenizer, template)
     return grid

@@ -1,7 +1,7 @@
 """Language models assembled from ttmem layers: one config type, presets by name, streaming
 generation, safetensors checkpoints."""
 
-from ttmem.models.checkpoint import load_model, load_weights, save_model
+from ttmem.models.checkpoint import load_model, load_weights, save_model, seal_model_dir
 from ttmem.models.config import ARCHITECTURES, ModelConfig
 from ttmem.models.language_model import (
     LanguageModel,
@@ -24,4 +24,5 @@ __all__ = [
     "load_model",
     "load_weights",
     "save_model",
+    "seal_model_dir",
 ]

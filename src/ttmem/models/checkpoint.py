@@ -5,6 +5,10 @@ Design choices:
 - Tensors shared between modules (tied embeddings) are stored once under their first name.
 - Any mismatch is an error that names it: architecture, config fields, missing / unexpected
   tensors, shapes. Nothing is silently skipped.
+- Integrity. Both files are written atomically and their SHA-256 digests are recorded in the
+  directory's ``manifest.json``; every read checks the digest first, so a damaged or edited file is an
+  error, never a model with garbage weights (a directory without a manifest, from an older version,
+  loads with a warning). ``seal_model_dir`` re-records files changed on purpose.
 """
 
 from __future__ import annotations
@@ -14,9 +18,18 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor, nn
 
+from ttmem.fileio import (
+    atomic_write,
+    atomic_write_text,
+    record_digests,
+    remove_stale_temporaries,
+    seal,
+    verify_file,
+    warn_unverified,
+)
 from ttmem.models.config import ModelConfig
 from ttmem.models.language_model import LanguageModel
 
@@ -43,9 +56,20 @@ def save_model(model: LanguageModel, path: str | Path) -> None:
         raise TypeError(f"model must be a LanguageModel, got {type(model).__name__}")
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(directory)  # left by writers that were killed
     tensors = {name: t.detach().contiguous().cpu() for name, t in unique_state_dict(model).items()}
-    save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"arch": model.config.arch})
-    (directory / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+    blob = save(tensors, metadata={"arch": model.config.arch})
+    digests = {
+        WEIGHTS_FILE: atomic_write(directory / WEIGHTS_FILE, lambda handle: handle.write(blob)),
+        CONFIG_FILE: atomic_write_text(directory / CONFIG_FILE, json.dumps(model.config.to_dict(), indent=2) + "\n"),
+    }
+    record_digests(directory, digests)
+
+
+def seal_model_dir(path: str | Path) -> None:
+    """Record the current weights and config of a checkpoint directory as trusted (after editing them
+    on purpose, or for a directory written before manifests existed)."""
+    seal(path, [WEIGHTS_FILE, CONFIG_FILE])
 
 
 def read_config(path: str | Path) -> ModelConfig:
@@ -53,13 +77,24 @@ def read_config(path: str | Path) -> ModelConfig:
     config_path = Path(path) / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in checkpoint directory {str(path)!r}")
+    _verify(config_path)
     return ModelConfig.from_dict(json.loads(config_path.read_text()))
+
+
+def _verify(path: Path) -> None:
+    try:
+        verified = verify_file(path, "model file")
+    except ValueError as err:
+        raise ValueError(f"{err}; if you changed it on purpose, call ttmem.models.seal_model_dir") from None
+    if not verified:
+        warn_unverified(path, "model file")
 
 
 def _read_weights(path: str | Path) -> dict[str, Tensor]:
     weights_path = Path(path) / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FileNotFoundError(f"no {WEIGHTS_FILE} in checkpoint directory {str(path)!r}")
+    _verify(weights_path)
     with safe_open(str(weights_path), framework="pt") as handle:
         return {name: handle.get_tensor(name) for name in handle.keys()}
 

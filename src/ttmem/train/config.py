@@ -18,6 +18,33 @@ from typing import Any
 
 import yaml
 
+from ttmem.fileio import atomic_write_text
+
+# Settings that decide what a run computes: resuming with any of them changed needs an explicit override.
+RUN_DEFINING = (
+    "model",
+    "model_args",
+    "data",
+    "tokenizer",
+    "val_fraction",
+    "max_bytes",
+    "aux_task",
+    "aux_fraction",
+    "seq_len",
+    "batch_size",
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "betas",
+    "warmup_steps",
+    "min_lr_ratio",
+    "grad_clip",
+    "precision",
+    "seed",
+)
+# All other settings a resumed run may change freely: where and how often it reports, and how long it runs
+# (a new `steps` moves the end of the cosine schedule for the steps still to come; the change is recorded).
+
 
 @dataclass
 class TrainConfig:
@@ -68,7 +95,22 @@ class TrainConfig:
         return out
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        atomic_write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def config_changes(stored: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """{key: (stored value, new value)} for every setting that differs from a run's stored config
+    (keys the stored config lacks, from older versions, are not compared)."""
+    new = config.to_dict()
+    return {
+        key: (stored[key], new[key])
+        for key in field_names()
+        if key in stored and _normal(stored[key]) != _normal(new[key])
+    }
+
+
+def _normal(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def field_names() -> list[str]:
@@ -152,9 +194,14 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Settings from a .yaml / .yml / .toml / .json file (a flat table, dict fields as sub-tables)."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"config file {path} is a directory; pass a .yaml, .yml, .toml or .json file")
     if not path.is_file():
         raise ValueError(f"config file not found: {path}")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"config file {path} is not UTF-8 text (a binary file?)") from None
     if path.suffix == ".toml":
         if sys.version_info >= (3, 11):
             import tomllib

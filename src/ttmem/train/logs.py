@@ -2,7 +2,10 @@
 
 Design: one JSON object per line in `log.jsonl`, appended and flushed per record, so a killed run
 keeps its log. A resumed run first drops the records of steps after its checkpoint, so the log
-of an interrupted-and-resumed run reads like one uninterrupted run.
+of an interrupted-and-resumed run reads like one uninterrupted run; lines it cannot parse (one cut by
+a kill, or damaged on disk) are moved to `log.jsonl.damaged`, not dropped. Records whose write failed
+(a full disk, a read-only folder) are kept in `RunLogger.unwritten`; the trainer stores them in the
+checkpoint it writes before stopping, and the resumed run appends them (`append_records`).
 """
 
 from __future__ import annotations
@@ -13,20 +16,39 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ttmem.fileio import atomic_write_text
 
-def truncate_log(path: Path, last_step: int) -> None:
-    """Keep only records with step <= last_step (and records without a step)."""
+
+def truncate_log(path: Path, last_step: int) -> int:
+    """Keep only records with step <= last_step (and records without a step); returns how many damaged
+    lines were moved to `PATH.damaged`."""
     if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
+        return 0
+    kept, damaged = [], []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line cut by a kill
-        if record.get("step", 0) <= last_step:
+            step = record.get("step", 0) if isinstance(record, dict) else None
+            if step is not None and not isinstance(step, (int, float)):
+                raise ValueError
+        except ValueError:  # json.JSONDecodeError is a ValueError
+            if line.strip():
+                damaged.append(line)
+            continue
+        if step is None:
+            damaged.append(line)
+        elif step <= last_step:
             kept.append(line)
-    path.write_text("".join(line + "\n" for line in kept))
+    if damaged:
+        with path.with_name(path.name + ".damaged").open("a", encoding="utf-8") as handle:
+            handle.write("".join(line + "\n" for line in damaged))
+    atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return len(damaged)
+
+
+def append_records(path: Path, records: list[dict[str, Any]]) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("".join(json.dumps(record) + "\n" for record in records))
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:
@@ -38,6 +60,7 @@ class RunLogger:
 
     def __init__(self, out_dir: Path, config: dict[str, Any], tensorboard: bool = False, wandb: bool = False) -> None:
         self.path = out_dir / "log.jsonl"
+        self.unwritten: list[dict[str, Any]] = []
         self._tb = self._wandb = None
         if tensorboard:
             try:
@@ -58,8 +81,14 @@ class RunLogger:
             )
 
     def log(self, record: dict[str, Any]) -> None:
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        if self.unwritten:  # the log already failed: keep the order, write nothing more
+            self.unwritten.append(record)
+            return
+        try:
+            append_records(self.path, [record])
+        except OSError:
+            self.unwritten.append(record)
+            raise
         step = record.get("step")
         scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
         if self._tb is not None and step is not None:

@@ -1,29 +1,35 @@
 """The main job: train a memory model, train or reuse a same-size baseline, compare, write a report.
 
 Design: the baseline is an ordinary run in `OUT/baseline` with the same data, steps, seed and size as the
-main run but the baseline's preset; a finished baseline with the same resolved config is reused, a
-partial one is resumed. Both models are evaluated on the same validation windows (bits per byte)
-and the same needle examples at 1x, 2x and 4x the training length; the report is `report.md` with
-PNG plots next to it, and `summary.json` with the numbers.
+main run but the baseline's preset; a finished baseline with the same run-defining config is reused, a
+partial one is resumed. The whole job holds the lock of `OUT` (the baseline's folder lies inside it),
+and the baseline's spec is checked before the main model trains. Both models are evaluated on the same
+validation windows (bits per byte) and the same needle examples at 1x, 2x and 4x the training length;
+the report is `report.md` with PNG plots next to it, and `summary.json` with the numbers.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ttmem.data import get_tokenizer, needle_example
 from ttmem.eval.recall import save_heatmap
-from ttmem.train.checkpoint import list_checkpoints, load_checkpoint
+from ttmem.train.checkpoint import list_checkpoints
 from ttmem.train.config import TrainConfig
 from ttmem.train.logs import read_log
+from ttmem.train.modelspec import build_from_spec
 from ttmem.train.pipeline import evaluate_model, format_table, load_trained, report_depths
+from ttmem.train.runlock import run_lock
 from ttmem.train.trainer import Trainer, TrainResult
 
 
@@ -50,15 +56,22 @@ def baseline_config(config: TrainConfig) -> TrainConfig:
     )
 
 
-def _train_baseline(config: TrainConfig, progress: bool) -> TrainResult:
+def _train_baseline(config: TrainConfig, progress: bool, allow_changes: Iterable[str]) -> TrainResult:
+    """Train, resume or reuse the baseline; resuming checks its config like any run's."""
     found = list_checkpoints(Path(config.out_dir) / "checkpoints")
-    if found:
-        stored = load_checkpoint(found[-1][1]).get("train_config")
-        if stored != config.to_dict():
-            raise ValueError(
-                f"{config.out_dir} holds a baseline trained with another config; delete it or choose another out_dir"
-            )
-    return Trainer(config, progress=progress).fit(resume=bool(found))
+    return Trainer(config, progress=progress).fit(resume=bool(found), allow_changes=allow_changes)
+
+
+def _check_baseline_spec(config: TrainConfig) -> None:
+    """Build the baseline on the meta device (no memory, no compute) so a bad name fails before training."""
+    if config.baseline in ("", "none"):
+        return
+    base = baseline_config(config)
+    with torch.device("meta"):
+        try:
+            build_from_spec(base.model, base.model_args, get_tokenizer(config.tokenizer).vocab_size)
+        except (ValueError, TypeError) as err:
+            raise ValueError(f"baseline={config.baseline}: {err}") from None
 
 
 def _plots(
@@ -164,8 +177,19 @@ def write_report(config: TrainConfig, runs: dict[str, TrainResult], progress: bo
     return {"rows": rows, "report": str(out_dir / "report.md"), "plots": plots, "table": format_table(rows)}
 
 
-def run_main_job(config: TrainConfig, resume: bool | str = False, progress: bool = True) -> dict[str, Any]:
+def run_main_job(
+    config: TrainConfig, resume: bool | str = False, progress: bool = True, allow_changes: Iterable[str] = ()
+) -> dict[str, Any]:
     """Train `config.model`, then the baseline (if any), then write the comparison report."""
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    with run_lock(config.out_dir) if main_rank else contextlib.nullcontext():
+        return _main_job(config, resume, progress, tuple(allow_changes))
+
+
+def _main_job(
+    config: TrainConfig, resume: bool | str, progress: bool, allow_changes: tuple[str, ...]
+) -> dict[str, Any]:
+    _check_baseline_spec(config)
     if config.report:  # fail before training, not after it
         try:
             needle_example(np.random.default_rng(0), config.seq_len, 0.5, get_tokenizer(config.tokenizer))
@@ -174,13 +198,13 @@ def run_main_job(config: TrainConfig, resume: bool | str = False, progress: bool
                 f"the report's needle evaluation cannot run: {err}; raise seq_len or set report=false"
             ) from None
     main = Trainer(config, progress=progress)
-    result = main.fit(resume)
+    result = main.fit(resume, allow_changes)
     out: dict[str, Any] = {"main": result}
     if result.interrupted:
         return out
     runs = {run_label(config.model): result}
     if config.baseline not in ("", "none"):
-        base = _train_baseline(baseline_config(config), progress)
+        base = _train_baseline(baseline_config(config), progress, allow_changes)
         out["baseline"] = base
         if base.interrupted:
             return out

@@ -13,6 +13,12 @@ Design choices:
   every process stops after the same step, then rank 0 writes a checkpoint. A non-finite loss or
   gradient stops before the optimizer step: no bad weights are ever saved, and no existing
   checkpoint is removed.
+- Nothing lost, nothing silent. The run directory is locked for the whole run (`runlock`), stale
+  temporary files of killed writers are removed at start, resume takes the newest checkpoint that passes
+  its SHA-256 check (saying which newer ones it set aside) and refuses configuration changes that alter
+  the run unless allowed (`resume`). A second SIGINT / SIGTERM stops at once (the checkpoints already
+  written stay). An OS error (no space, read-only or unwritable folder) stops the run with one message
+  that names the last good checkpoint, after trying to checkpoint the steps since it.
 - Penalty hook. `penalty(module)`, when given, is a scalar added to the training objective once per
   optimizer step (e.g. `ttmem.optim.EWC(...).penalty` for continual learning). It is computed on the
   unwrapped module and added to the last micro-batch's loss, so under DDP every process adds the same
@@ -28,7 +34,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +53,10 @@ from torch.distributed.checkpoint.state_dict import (
 from ttmem.data import Corpus, CorpusWindows, MixedRows, SyntheticTask, TaskRows, get_tokenizer, load_corpus
 from ttmem.data.batches import RowSource, make_batch
 from ttmem.eval.metrics import lm_nll_sums, logits_of, summarize_nll, token_nll_sum
+from ttmem.fileio import describe_os_error, remove_stale_temporaries
 from ttmem.train import checkpoint as ckpt
-from ttmem.train.config import TrainConfig, validate
+from ttmem.train import resume as rs
+from ttmem.train.config import TrainConfig, config_changes, validate
 from ttmem.train.distributed import (
     DistEnv,
     all_reduce_sum,
@@ -57,13 +65,27 @@ from ttmem.train.distributed import (
     unwrap,
     wrap_model,
 )
-from ttmem.train.logs import RunLogger, read_log, truncate_log
+from ttmem.train.logs import RunLogger, append_records, read_log, truncate_log
 from ttmem.train.modelspec import build_from_spec
 from ttmem.train.optim import build_optimizer, warmup_cosine
+from ttmem.train.runlock import run_lock
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or the gradient became NaN / infinite."""
+
+
+class RunStorageError(OSError):
+    """Writing the run's files failed (no space, read-only, permission); the message names the last
+    good checkpoint."""
+
+
+class ForcedStop(KeyboardInterrupt):
+    """A second SIGINT / SIGTERM: the run stopped at once, without a final checkpoint."""
+
+    def __init__(self, message: str, signum: int = signal.SIGINT) -> None:
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -166,6 +188,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
         self.autocast_dtype = self._autocast_dtype()
         self.step = 0
+        self.tokens = 0  # training tokens consumed so far (batch and length may change on resume)
+        self._signals = 0
+        self._notices: list[str] = []
+        self._logger: RunLogger | None = None
+        self._unlogged: list[dict[str, Any]] = []  # log records a resumed checkpoint carried
 
     # -- setup helpers -------------------------------------------------------------------------
     def _autocast_dtype(self) -> torch.dtype | None:
@@ -193,6 +220,7 @@ class Trainer:
             return None
         payload = {
             "step": self.step,
+            "tokens": self.tokens,
             "model": model_state,
             "optimizer": optim_state,
             "scheduler": self.scheduler.state_dict(),
@@ -200,16 +228,44 @@ class Trainer:
             "model_record": self.model_record,
             "train_config": self.config.to_dict(),
             "world_size": self.env.world,
+            "unlogged": list(self._logger.unwritten) if self._logger else [],
         }
         path = ckpt.save_checkpoint(ckpt.checkpoint_path(self.checkpoint_dir, self.step), payload)
         ckpt.prune_checkpoints(self.checkpoint_dir, self.config.keep_checkpoints)
         return path
 
-    def _resume(self, resume: bool | str | Path) -> Path | None:
-        path = ckpt.latest_checkpoint(self.checkpoint_dir) if resume is True else Path(resume)
-        if path is None:
+    def _notice(self, message: str) -> None:
+        """Tell the user now (a ResumeWarning) and keep it for the run's log."""
+        self._notices.append(message)
+        rs.notice(message)
+
+    def _resume_target(self, resume: bool | str | Path) -> tuple[Path | None, dict[str, Any] | None]:
+        """(path, payload) of the checkpoint to resume from: the newest valid one of this run (or of the
+        run folder / checkpoint folder given), or the given file."""
+        given = None if resume is True else Path(resume)
+        if given is not None and given.is_file():
+            return given, ckpt.load_checkpoint(given)
+        if given is not None and not given.exists():
+            raise ValueError(f"checkpoint not found: {given}")
+        folder = self.checkpoint_dir if given is None else (
+            given / "checkpoints" if (given / "checkpoints").is_dir() else given
+        )
+        own = folder.resolve() == self.checkpoint_dir.resolve()  # only our locked folder is ours to change
+        path, payload, problems = ckpt.latest_valid_checkpoint(folder, set_aside=self.env.is_main and own)
+        for problem in problems:
+            self._notice(problem)
+        if path is None and (problems or given is not None):
+            raise ValueError(
+                f"{folder} holds no valid checkpoint to resume from; to start over, remove it or choose another out_dir"
+            )
+        if path is not None and problems:
+            self._notice(f"resuming from {path}, the newest checkpoint that passes its integrity check")
+        return path, payload
+
+    def _resume(self, resume: bool | str | Path, allowed: set[str]) -> Path | None:
+        path, payload = self._resume_target(resume)
+        if path is None or payload is None:
             return None
-        payload = ckpt.load_checkpoint(path)
         record = payload.get("model_record", {})
         if record.get("spec") != self.model_record["spec"] or record.get("args") != self.model_record["args"]:
             raise ValueError(
@@ -217,21 +273,39 @@ class Trainer:
                 f"{record.get('args')}, but this run builds {self.model_record['spec']} "
                 f"{self.model_record['args']}"
             )
+        step = int(payload["step"])
+        if self.config.steps < step:  # config.yaml would claim a length the run has already passed
+            raise ValueError(f"steps={self.config.steps} is below the step {step} of checkpoint {path}")
+        stored = payload.get("train_config") or {}
+        changes = config_changes(stored, self.config)
+        rs.refuse_unallowed(changes, allowed, path, step)
         full = StateDictOptions(full_state_dict=True)
         try:
             set_model_state_dict(self.model, payload["model"], options=full)
         except (RuntimeError, KeyError) as err:
             first = str(err).strip().splitlines()[0]
             raise ValueError(f"checkpoint {path} does not match the model's weights: {first}") from err
-        try:
-            set_optimizer_state_dict(self.model, self.optimizer, payload["optimizer"], options=full)
-        except (RuntimeError, KeyError, ValueError) as err:
-            raise ValueError(
-                f"checkpoint {path} holds optimizer state that does not fit optimizer '{self.config.optimizer}': {err}"
-            ) from err
-        self.scheduler.load_state_dict(payload["scheduler"])
+        fresh = rs.fresh_hyperparameters(self.optimizer)
+        if "optimizer" not in changes:  # a new optimizer (allowed) starts with fresh state
+            try:
+                set_optimizer_state_dict(self.model, self.optimizer, payload["optimizer"], options=full)
+            except (RuntimeError, KeyError, ValueError) as err:
+                raise ValueError(
+                    f"checkpoint {path} holds optimizer state that does not fit optimizer "
+                    f"'{self.config.optimizer}': {err}"
+                ) from err
+            self.scheduler.load_state_dict(payload["scheduler"])
+        rs.apply_changes(self.optimizer, self.scheduler, fresh, changes, step)
         _set_rng_state(payload["rng"])
-        self.step = int(payload["step"])
+        self.step = step
+        tokens_per_step = int(stored.get("batch_size", self.config.batch_size)) * int(
+            stored.get("seq_len", self.config.seq_len)
+        )
+        self.tokens = int(payload.get("tokens", step * tokens_per_step))
+        if changes:
+            self._notice(f"resumed at step {step} with changed settings: {rs.format_changes(changes)}")
+        self._changes = changes
+        self._unlogged = [r for r in payload.get("unlogged", []) if r.get("step", 0) <= step]
         return path
 
     # -- the loop ------------------------------------------------------------------------------
@@ -285,6 +359,7 @@ class Trainer:
             )
         self.scheduler.step()
         self.step += 1
+        self.tokens += cfg.batch_size * cfg.seq_len
         return loss, grad_norm
 
     def _diverged(self, reason: str) -> TrainingDiverged:
@@ -328,25 +403,68 @@ class Trainer:
             return {}
         previous = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, lambda signum, _frame: self.request_stop(signal.Signals(signum).name))
+            previous[sig] = signal.signal(sig, self._on_signal)
         return previous
 
-    def fit(self, resume: bool | str | Path = False) -> TrainResult:
-        """Train to `config.steps`, resuming from the latest (True) or a given checkpoint."""
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        """First signal: stop after this step with a checkpoint. Second: stop now."""
+        self._signals += 1
+        name = signal.Signals(signum).name
+        if self._signals > 1:
+            raise ForcedStop(f"{name} again: stopped at once, without a checkpoint of this step", signum)
+        self.request_stop(name)
+
+    def fit(self, resume: bool | str | Path = False, allow_changes: Iterable[str] = ()) -> TrainResult:
+        """Train to `config.steps`, resuming from the latest valid (True) or a given checkpoint / run folder.
+
+        allow_changes: run-defining config keys that may differ from the checkpoint's run (see
+        `ttmem.train.resume`); the new values are used from the resumed step on and recorded."""
+        allowed = rs.check_allowed_names(allow_changes)
+        with run_lock(self.out_dir) if self.env.is_main else contextlib.nullcontext():
+            return self._fit(resume, allowed)
+
+    def _start(self, resume: bool | str | Path, allowed: set[str]) -> Path | None:
+        """Checks, resume, and the run's files (config, history, log) before the first step."""
         cfg, main = self.config, self.env.is_main
+        if main:
+            for folder in (self.checkpoint_dir, self.out_dir):
+                remove_stale_temporaries(folder, all_stale=True)  # we hold the lock: nobody else writes
         if not resume and ckpt.list_checkpoints(self.checkpoint_dir):
             raise ValueError(
                 f"{self.checkpoint_dir} already holds checkpoints; pass --resume to continue that run "
                 "or choose another out_dir"
             )
-        resumed_from = self._resume(resume) if resume else None
+        self._changes: dict[str, tuple[Any, Any]] = {}
+        resumed_from = self._resume(resume, allowed) if resume else None
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out_dir / "config.yaml")
-            truncate_log(self.out_dir / "log.jsonl", self.step) if resumed_from else (
-                self.out_dir / "log.jsonl"
-            ).unlink(missing_ok=True)
+            log = self.out_dir / "log.jsonl"
+            if resumed_from:
+                damaged = truncate_log(log, self.step)
+                if damaged:
+                    self._notice(f"{damaged} damaged line(s) of {log} moved to {log.name}.damaged")
+                append_records(log, self._unlogged)  # what the stopped run could not write
+                rs.record_history(
+                    self.out_dir,
+                    {
+                        "event": "resume",
+                        "step": self.step,
+                        "checkpoint": str(resumed_from),
+                        "changes": {k: list(v) for k, v in self._changes.items()},
+                        "allowed": sorted(allowed & set(self._changes)),
+                    },
+                )
+            else:
+                log.unlink(missing_ok=True)
+                rs.record_history(self.out_dir, {"event": "start", "step": 0, "config": cfg.to_dict()}, restart=True)
+        return resumed_from
+
+    def _fit(self, resume: bool | str | Path, allowed: set[str]) -> TrainResult:
+        cfg, main = self.config, self.env.is_main
+        resumed_from = self._start(resume, allowed)
         logger = RunLogger(self.out_dir, cfg.to_dict(), cfg.tensorboard, cfg.wandb) if main else None
+        self._logger = logger
         if logger:
             logger.log(
                 {
@@ -359,6 +477,8 @@ class Trainer:
                     "parameters": sum(p.numel() for p in self.module.parameters()),
                 }
             )
+            for message in self._notices:
+                logger.log({"event": "warning", "step": self.step, "message": message})
         previous = self._install_signal_handlers()
         result = TrainResult(
             self.out_dir,
@@ -373,27 +493,22 @@ class Trainer:
             result.last_loss = logged[-1] if logged else result.last_loss
         bar = None
         if self.progress and main:
-            from tqdm.auto import tqdm
+            from ttmem.progress import progress_bar
 
-            bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.model_record['spec']}", unit="step")
-        tokens_per_step = cfg.batch_size * cfg.seq_len
-        start, start_step = time.perf_counter(), self.step
+            desc = f"train {self.model_record['spec']}"
+            bar = progress_bar(total=cfg.steps, initial=self.step, desc=desc, unit="step")
+        start, start_tokens = time.perf_counter(), self.tokens
+        saving = False
         try:
             while self.step < cfg.steps:
                 lr = self.optimizer.param_groups[0]["lr"]
                 loss, grad_norm = self._train_step()
                 result.last_loss = loss
-                record = {
-                    "step": self.step,
-                    "loss": loss,
-                    "lr": lr,
-                    "grad_norm": grad_norm,
-                    "tokens": self.step * tokens_per_step,
-                }
+                record = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens": self.tokens}
                 if self.last_penalty is not None:
                     record["penalty"] = self.last_penalty
                 elapsed = time.perf_counter() - start
-                record["tokens_per_s"] = (self.step - start_step) * tokens_per_step / max(elapsed, 1e-9)
+                record["tokens_per_s"] = (self.tokens - start_tokens) / max(elapsed, 1e-9)
                 if logger and (self.step % cfg.log_every == 0 or self.step == cfg.steps):
                     logger.log(record)
                 if bar:
@@ -407,12 +522,20 @@ class Trainer:
                     self.on_step(self, record)
                 stop = self._stop_agreed()
                 if stop or self.step % cfg.ckpt_every == 0 or self.step == cfg.steps:
+                    saving = True
                     result.checkpoint = self.save() or result.checkpoint
+                    saving = False
                     if logger:
                         logger.log({"event": "checkpoint", "step": self.step, "path": str(result.checkpoint)})
                 if stop:
                     result.interrupted = self._stop_reason or "stop requested by another process"
                     break
+        except OSError as err:
+            raise self._storage_error(err, try_checkpoint=not saving) from err
+        except KeyboardInterrupt as err:
+            if isinstance(err, ForcedStop):
+                raise ForcedStop(f"{err}; {self._kept()}", err.signum) from None
+            raise
         finally:
             if bar:
                 bar.close()
@@ -422,3 +545,21 @@ class Trainer:
                 signal.signal(sig, handler)
         result.step = self.step
         return result
+
+    def _storage_error(self, err: OSError, try_checkpoint: bool) -> RunStorageError:
+        """One message for an OS error during the run; first tries to checkpoint the current step
+        (this succeeds when only the log's folder failed, or space came back)."""
+        saved = ""
+        if try_checkpoint and self.env.is_main and not self._written(self.step):
+            try:
+                path = self.save()
+                saved = f"; the current step {self.step} was saved to {path}"
+            except OSError:
+                pass
+        return RunStorageError(
+            f"{describe_os_error(err)} (training stopped at step {self.step}{saved}; {self._kept()}; "
+            "continue with --resume once fixed)"
+        )
+
+    def _written(self, step: int) -> bool:
+        return ckpt.checkpoint_path(self.checkpoint_dir, step).is_file()
