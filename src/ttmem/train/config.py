@@ -76,6 +76,7 @@ class TrainConfig:
     seed: int = 0
     # runtime
     device: str = "auto"
+    threads: int = 0  # CPU intra-op threads per process; 0 = torch's default (one per core)
     distributed: str = "ddp"  # used under torchrun: "ddp" or "fsdp"
     out_dir: str = "runs/ttmem"
     ckpt_every: int = 60
@@ -241,6 +242,8 @@ def validate(config: TrainConfig) -> None:
             raise ValueError(f"config key '{name}' must be >= 1, got {getattr(config, name)}")
     if config.lr <= 0:
         raise ValueError(f"config key 'lr' must be > 0, got {config.lr}")
+    if config.threads < 0:
+        raise ValueError(f"config key 'threads' must be >= 0 (0 = torch's default), got {config.threads}")
     if config.precision not in ("auto", "bf16", "fp32"):
         raise ValueError(f"config key 'precision' must be auto, bf16 or fp32, got '{config.precision}'")
     if config.distributed not in ("ddp", "fsdp"):

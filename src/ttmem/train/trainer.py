@@ -151,6 +151,8 @@ class Trainer:
         self.last_penalty: float | None = None
         self.out_dir = Path(config.out_dir)
         self._stop_reason: str | None = None
+        if config.threads:
+            torch.set_num_threads(config.threads)
         self.device = pick_device(config.device, DistEnv())
         self.env = init_distributed(self.device.type)
         self.device = pick_device(config.device, self.env)
