@@ -358,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         prefix = f"ttmem {args.command}"
+        # OpenMP threads that sleep while they wait instead of spinning: with other busy processes on the
+        # machine, spinning threads steal the cores that their own preempted siblings need, and a training step's
+        # thousands of small parallel regions each wait for a time slice (measured in benchmarks/contention.py).
+        # Read once when torch loads; a value the user set wins.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         with _Interrupts.deferred():
             import torch  # noqa: F401  (every command needs it; loaded here so Ctrl-C cannot cut it)
         with _one_line_warnings(prefix):
