@@ -129,7 +129,9 @@ def test_m3_matches_naive_reference():
     lr, (b1, b2, b3), alpha, f, eps = 0.01, (0.8, 0.95, 0.7), 0.4, 4, 1e-8
     grads = gradient_stream(SHAPES, 13, seed=5)
     ours, _ = run_optimizer(
-        lambda p: M3(p, lr=lr, betas=(b1, b2, b3), alpha=alpha, frequency=f, eps=eps), initial_params(), grads
+        lambda p: M3(p, lr=lr, betas=(b1, b2, b3), alpha=alpha, frequency=f, eps=eps, variant="paper"),
+        initial_params(),
+        grads,
     )
     for index, shape in enumerate(SHAPES):
         theta = initial_params()[index]
