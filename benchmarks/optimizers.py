@@ -14,7 +14,8 @@ file's path), with no synthetic task mixed in (``aux_task=``): this is a languag
    end of the grid, the grid is extended by one more 3x step past that end (at most ``--extend`` times);
    a diverged run counts as worse than any finished one.
 2. **Seeds.** Each optimizer's best learning rate is rerun with every seed of ``--seeds`` (the seed sets the
-   initial weights and the batches; every optimizer sees the same ones per seed).
+   initial weights and the batches; every optimizer sees the same ones per seed); on the ``--confirm``
+   models only the ``--focus`` optimizers (default AdamW and M3) get every seed, the others the first.
 3. **Confirmation** on other models (``--confirm MODEL[=OPT,OPT]``, default ``mac-tiny`` with every
    optimizer and ``hope-tiny`` with AdamW and M3, as Nested Learning pairs HOPE with M3): each optimizer at
    its best grid learning rate, every seed; the optimizers of ``--neighbours`` also at lr / 3 and lr x 3
@@ -209,31 +210,57 @@ def train(
 
 # -- experiments -----------------------------------------------------------------------------------
 class Runner:
-    """Runs (model, optimizer, lr, seed) once, caches the record, and keeps the models the caller asks for."""
+    """Runs (model, optimizer, lr, seed) once and caches the record; keeps the models the caller asks for.
 
-    def __init__(self, args: argparse.Namespace, corpus: Corpus):
+    After every run the records so far are written to ``--out`` (``"partial": true``), so an interrupted
+    benchmark keeps its finished runs; ``--reuse FILE`` takes runs with identical settings from such a file.
+    """
+
+    def __init__(self, args: argparse.Namespace, corpus: Corpus, reused: list[dict[str, Any]]):
         self.args, self.corpus, self.runs, self.models = args, corpus, [], {}
+        self.reused = {r["settings"]: r for r in reused if "settings" in r}
+
+    def settings(self, command: str, name: str) -> str:
+        """The run's identity: its command without the output folder, plus the benchmark's meta-step hook."""
+        items = [item for item in command.split() if not item.startswith("out_dir=")]
+        if name.startswith("nesteddeepmomentumgd"):
+            items.append(f"meta_every={self.args.meta_every} meta_unroll={self.args.meta_unroll}")
+        return " ".join(items)
 
     def run(self, model: str, name: str, lr: float, seed: int, keep_model: bool = False) -> dict[str, Any]:
         for record in self.runs:
             if (record["model"], record["optimizer"], record["lr"], record["seed"]) == (model, name, lr, seed):
                 return record
         args = self.args
-        out_dir = fresh(Path(args.runs_dir) / f"{model}-{name}-lr{lr:g}-seed{seed}")
+        out_dir = Path(args.runs_dir) / f"{model}-{name}-lr{lr:g}-seed{seed}"
         config, command = run_config([*shared_overrides(args, args.steps, model, seed), f"optimizer={name}",
                                       f"lr={lr:g}"], out_dir)
-        hook = meta_step_hook(self.corpus, config, args.meta_every, args.meta_unroll)
-        run = train(config, self.corpus, hook=hook)
-        trained = run.pop("model")
-        if keep_model and trained is not None:
-            self.models[(model, name, lr, seed)] = trained
-        record = {"model": model, "optimizer": name, "lr": lr, "seed": seed, **run, "command": command}
+        settings = self.settings(command, name)
+        if settings in self.reused and not keep_model:
+            record = {**self.reused[settings], "model": model, "optimizer": name, "lr": lr, "seed": seed}
+            source = "reused"
+        else:
+            fresh(out_dir)
+            run = train(config, self.corpus, hook=meta_step_hook(self.corpus, config, args.meta_every,
+                                                                 args.meta_unroll))
+            trained = run.pop("model")
+            if keep_model and trained is not None:
+                self.models[(model, name, lr, seed)] = trained
+            record = {"model": model, "optimizer": name, "lr": lr, "seed": seed, **run, "command": command,
+                      "settings": settings}
+            source = f"wall {run['wall_seconds']:.0f}s"
         self.runs.append(record)
-        bpb = "diverged" if run["diverged"] else f"{run['val_bpb']:.4f}"
-        per_step = f"{run['seconds_per_step']:.2f}s/step" if run["seconds_per_step"] else ""
-        print(f"  {model:16s} {name:21s} lr={lr:<8g} seed={seed} val bpb={bpb} {per_step} "
-              f"(wall {run['wall_seconds']:.0f}s)", flush=True)
+        self.save_partial()
+        bpb = "diverged" if record["diverged"] else f"{record['val_bpb']:.4f}"
+        per_step = f"{record['seconds_per_step']:.2f}s/step" if record["seconds_per_step"] else ""
+        print(f"  {model:16s} {name:21s} lr={lr:<8g} seed={seed} val bpb={bpb} {per_step} ({source})", flush=True)
         return record
+
+    def save_partial(self) -> None:
+        out = Path(self.args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        config = {k: v for k, v in vars(self.args).items() if k != "grids"}
+        out.write_text(json.dumps({"partial": True, "config": config, "runs": self.runs}, indent=2))
 
 
 def score(record: dict[str, Any]) -> float:
@@ -294,11 +321,12 @@ def benchmark(runner: Runner, grids: dict[str, tuple[float, ...]]) -> dict[str, 
             if lr is None:
                 rows.append({"model": model, "optimizer": name, "lr": None})
                 continue
-            seeds = seed_summary([runner.run(model, name, lr, seed) for seed in args.seeds])
+            seeds = args.seeds if model == args.model or name in args.focus else args.seeds[:1]
+            seeds = seed_summary([runner.run(model, name, lr, seed) for seed in seeds])
             row = {"model": model, "optimizer": name, "lr": lr, **seeds}
-            if model != args.model and name in args.neighbours:
-                row["neighbours"] = {f"{f:g}": score(runner.run(model, name, lr * f, args.seeds[0]))
-                                     for f in (1 / LR_STEP, LR_STEP)}
+            if model == args.neighbour_model and name in args.neighbours:
+                row["neighbours"] = {f"{new:g}": score(runner.run(model, name, new, args.seed))
+                                     for new in (lr_beyond(lr, up=False), lr_beyond(lr, up=True))}
             rows.append(row)
     return {"best": list(best.values()), "rows": rows}
 
@@ -410,6 +438,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default="transformer-tiny", help="trainer model preset of the lr grids")
     parser.add_argument("--confirm", nargs="*", default=["mac-tiny", "hope-tiny=adamw,m3"],
                         metavar="MODEL[=OPT,OPT]", help="models that rerun each best lr (default: all optimizers)")
+    parser.add_argument("--focus", nargs="*", default=["adamw", "m3"],
+                        help="optimizers run with every seed on the --confirm models (others: the first seed)")
     parser.add_argument("--neighbours", nargs="*", default=["adamw", "m3"],
                         help="optimizers also run at about best lr / 3 and x 3 on --neighbour-model")
     parser.add_argument("--neighbour-model", default="mac-tiny")
@@ -429,6 +459,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-tokens", type=int, default=16384)
     parser.add_argument("--meta-every", type=int, default=10, help="NestedDeepMomentumGD: steps per meta_step")
     parser.add_argument("--meta-unroll", type=int, default=2, help="NestedDeepMomentumGD: look-ahead steps")
+    parser.add_argument("--reuse", default=None, help="JSON of an earlier (or interrupted) run: reuse its runs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--continual", action="store_true", help="also run the EWC continual-learning part")
@@ -453,6 +484,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(str(err))
     args.seed = args.seeds[0]
     args.neighbours = [n.lower() for n in args.neighbours]
+    args.focus = [n.lower() for n in args.focus]
     args.continual_optimizer = args.continual_optimizer.lower()
     if args.continual and args.continual_optimizer not in names:
         parser.error("--continual-optimizer must be one of --optimizers (phase A reuses its grid run)")
@@ -471,7 +503,8 @@ def main(argv: list[str] | None = None) -> dict:
     corpus_a = load_corpus(base.data, base.tokenizer, val_fraction=base.val_fraction, max_bytes=base.max_bytes or None)
     print(f"corpus A ({base.data}): {len(corpus_a.train)} train / {len(corpus_a.validation)} validation tokens",
           flush=True)
-    runner = Runner(args, corpus_a)
+    reused = json.loads(Path(args.reuse).read_text())["runs"] if args.reuse else []
+    runner = Runner(args, corpus_a, reused)
     tables = benchmark(runner, args.grids)
     result: dict[str, Any] = {
         "config": {k: v for k, v in vars(args).items() if k != "grids"},
