@@ -56,6 +56,7 @@ from ttmem.data.batches import make_batch
 from ttmem.data.corpora import list_text_files, split_files, stdlib_root
 from ttmem.eval.metrics import lm_nll_sums, logits_of, summarize_nll, token_nll_sum
 from ttmem.optim import EWC, NestedDeepMomentumGD, estimate_fisher
+from ttmem.optim.m3 import DEFAULT_VARIANT
 from ttmem.train import Trainer, TrainingDiverged, resolve_config
 from ttmem.train.config import TrainConfig
 
@@ -216,13 +217,25 @@ class Runner:
     benchmark keeps its finished runs; ``--reuse FILE`` takes runs with identical settings from such a file.
     """
 
-    def __init__(self, args: argparse.Namespace, corpus: Corpus, reused: list[dict[str, Any]]):
+    def __init__(self, args: argparse.Namespace, corpus: Corpus):
         self.args, self.corpus, self.runs, self.models = args, corpus, [], {}
-        self.reused = {r["settings"]: r for r in reused if "settings" in r}
+        self.reused: dict[str, dict[str, Any]] = {}
+        self.load_reused()
+
+    def load_reused(self) -> None:
+        """(Re)read the ``--reuse`` files; another benchmark process may have added runs since."""
+        for path in self.args.reuse:
+            if Path(path).exists():
+                for record in json.loads(Path(path).read_text())["runs"]:
+                    settings = record.get("settings") or self.settings(record["command"], record["optimizer"])
+                    self.reused[settings] = record
 
     def settings(self, command: str, name: str) -> str:
-        """The run's identity: its command without the output folder, plus the benchmark's meta-step hook."""
-        items = [item for item in command.split() if not item.startswith("out_dir=")]
+        """The run's identity: its command without the output folder, the optimizer named with its variant
+        (``m3`` is ``m3-`` + M3's default variant), plus the benchmark's meta-step hook."""
+        canonical = f"m3-{DEFAULT_VARIANT}" if name == "m3" else name
+        items = [f"optimizer={canonical}" if item == f"optimizer={name}" else item
+                 for item in command.split() if not item.startswith("out_dir=")]
         if name.startswith("nesteddeepmomentumgd"):
             items.append(f"meta_every={self.args.meta_every} meta_unroll={self.args.meta_unroll}")
         return " ".join(items)
@@ -236,8 +249,11 @@ class Runner:
         config, command = run_config([*shared_overrides(args, args.steps, model, seed), f"optimizer={name}",
                                       f"lr={lr:g}"], out_dir)
         settings = self.settings(command, name)
+        if settings not in self.reused:
+            self.load_reused()
         if settings in self.reused and not keep_model:
-            record = {**self.reused[settings], "model": model, "optimizer": name, "lr": lr, "seed": seed}
+            record = {**self.reused[settings], "model": model, "optimizer": name, "lr": lr, "seed": seed,
+                      "settings": settings}
             source = "reused"
         else:
             fresh(out_dir)
@@ -459,7 +475,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--eval-tokens", type=int, default=16384)
     parser.add_argument("--meta-every", type=int, default=10, help="NestedDeepMomentumGD: steps per meta_step")
     parser.add_argument("--meta-unroll", type=int, default=2, help="NestedDeepMomentumGD: look-ahead steps")
-    parser.add_argument("--reuse", default=None, help="JSON of an earlier (or interrupted) run: reuse its runs")
+    parser.add_argument("--reuse", nargs="*", default=[],
+                        help="JSON files of earlier (or interrupted, or concurrent) runs: reuse their runs")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--continual", action="store_true", help="also run the EWC continual-learning part")
@@ -503,8 +520,7 @@ def main(argv: list[str] | None = None) -> dict:
     corpus_a = load_corpus(base.data, base.tokenizer, val_fraction=base.val_fraction, max_bytes=base.max_bytes or None)
     print(f"corpus A ({base.data}): {len(corpus_a.train)} train / {len(corpus_a.validation)} validation tokens",
           flush=True)
-    reused = json.loads(Path(args.reuse).read_text())["runs"] if args.reuse else []
-    runner = Runner(args, corpus_a, reused)
+    runner = Runner(args, corpus_a)
     tables = benchmark(runner, args.grids)
     result: dict[str, Any] = {
         "config": {k: v for k, v in vars(args).items() if k != "grids"},

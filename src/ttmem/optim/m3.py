@@ -91,7 +91,7 @@ from ttmem.optim.base import (
 from ttmem.optim.newton_schulz import newton_schulz
 
 VARIANTS = ("orth-moment", "precondition", "rms-only", "paper")
-DEFAULT_VARIANT = "orth-moment"
+DEFAULT_VARIANT = "precondition"
 # Module names whose weight is an output head (rows are tokens).
 HEAD_NAMES = ("lm_head", "head", "output")
 
@@ -211,7 +211,7 @@ class M3(CheckedOptimizer):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 3e-3,
+        lr: float = 1e-2,
         betas: tuple[float, float, float] = (0.9, 0.95, 0.9),
         alpha: float = 0.5,
         frequency: int = 10,
