@@ -190,7 +190,7 @@ def test_trainer_names_pick_variants():
     flags = {id(p): (g["orthogonalize"], g["weight_decay"]) for g in built.param_groups for p in g["params"]}
     assert flags[id(model.embed.weight)] == (False, 0.1) and flags[id(model.up.weight)] == (True, 0.1)
     assert flags[id(model.norm.weight)][1] == 0.0
-    with pytest.raises(ValueError, match="m3 has no variant 'fast'; variants: orth-moment"):
+    with pytest.raises(ValueError, match="m3 has no variant 'fast'; variants: precondition"):
         build_optimizer("m3-fast", model, 1e-3, 0.0, (0.9, 0.95))
 
 

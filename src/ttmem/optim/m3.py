@@ -26,29 +26,33 @@ entry, ``orth(M̂)_ij / √V̂_ij`` is huge. Measured on ``mac-tiny`` (README, "
 the first step at lr 1e-2 moved single weights of a SwiGLU output projection by about 1.6e3, and the rule
 ends barely below a uniform guess at its best learning rate on that model.
 
-**The default (stable) rule, and how it follows.** Write ``O = NS(M̂1) + α NS(M̂2)`` with the plain
-Newton–Schulz output, whose singular values lie in ``[0.68, 1.21]`` (``ttmem.optim.newton_schulz``).
-The instability is a units mismatch: an entry of ``O`` has the scale of the matrix (about
+**The stable rules, and how they follow.** Write ``NS`` for the plain Newton–Schulz output, whose
+nonzero singular values lie in ``[0.68, 1.21]`` whatever its input's scale (``ttmem.optim.newton_schulz``).
+The instability is a units mismatch: an entry of ``NS(M)`` has the scale of the whole matrix (about
 ``1/√max(m, n)`` for every entry), an entry of ``√V`` the scale of that one gradient entry. Three repairs
-keep the paper's structure:
+keep the paper's structure (fast and slow momentum, both orthogonalised, an adaptive second moment):
 
-1. ``variant="orth-moment"`` (AdaMuon's choice): take the second moment of the orthogonalised direction,
-   ``V ← β2 V + (1 − β2) O²``, and use ``U = O / (√V̂ + ε)``. Numerator and denominator now have the same
-   units, and since ``V̂_t ≥ (1 − β2) O_t² / (1 − β2^t)``, every entry obeys
-   ``|U_ij| ≤ √((1 − β2^t) / (1 − β2)) ≤ 1/√(1 − β2)``: no blow-up whatever the gradients. ``U`` is
-   then rescaled to RMS ``update_rms`` (Frobenius-based, as AdaMuon), so the step has AdamW's size.
-2. ``variant="precondition"``: divide by ``√V̂`` (of raw gradients) *before* orthogonalising,
-   ``U = NS(M̂1 / (√V̂ + ε)) + α NS(M̂2 / (√V̂ + ε))``. Newton–Schulz then bounds the output's singular
-   values whatever the ratio, so the step is bounded; the ratio only tilts the direction.
-3. Shape-based RMS matching (Muon / Moonlight): an ``m × n`` orthogonal matrix has entry RMS
-   ``1/√max(m, n)``, so multiplying by ``update_rms · √max(m, n)`` gives an update of RMS about
-   ``update_rms`` (0.2, the typical RMS of an AdamW update), and AdamW's learning rate and weight decay
-   carry over. Variants 2 and ``"rms-only"`` use this factor; ``"rms-only"``
-   (``U = update_rms √max(m, n) (NS(M̂1) + α NS(M̂2))``) drops the second moment and is the ablation that
-   shows what ``V`` adds.
+1. ``variant="precondition"`` (the default): divide by ``√V̂`` (of raw gradients, as in the paper)
+   *before* orthogonalising, ``U = s · (NS(M̂1 / (√V̂ + ε)) + α NS(M̂2 / (√V̂_k + ε)))``, where ``V̂_k``
+   is the second moment at the end of the slow chunk. ``M̂ / √V̂`` is Adam's dimensionless direction, so
+   the per-entry adaptivity is kept; a tiny ``√V̂_ij`` can now only enlarge one entry of the matrix that is
+   orthogonalised, and Newton–Schulz bounds the singular values of the result whatever that entry is. So
+   ``‖U‖_2 ≤ 1.21 · s · (1 + α)`` for every gradient sequence: the step cannot blow up.
+2. ``variant="orth-moment"`` (AdaMuon's choice): take the second moment of the orthogonalised direction,
+   ``O = NS(M̂1) + α NS(M̂2)``, ``V ← β2 V + (1 − β2) O²``, ``U = O / (√V̂ + ε)``. Numerator and
+   denominator now have the same units, and since ``V̂_t ≥ (1 − β2) O_t² / (1 − β2^t)``, every entry obeys
+   ``|U_ij| ≤ √((1 − β2^t) / (1 − β2)) ≤ 1/√(1 − β2)``. ``U`` is then rescaled to entry RMS
+   ``update_rms`` (Frobenius-based, as AdaMuon).
+3. Shape-based RMS matching (Muon / Moonlight), ``s = update_rms · √max(m, n)``: an ``m × n`` matrix
+   whose singular values are all 1 has entry RMS ``1/√max(m, n)``, so the update has RMS about
+   ``update_rms`` (0.2, the typical RMS of an AdamW update) and a step of AdamW's size at the same ``lr``.
+   Variants ``"precondition"`` and ``"rms-only"`` use it; ``"rms-only"``
+   (``U = s · (NS(M̂1) + α NS(M̂2))``, Muon with a slow momentum) drops the second moment and is the
+   ablation that shows what ``V`` adds.
 
-The default is ``"orth-moment"``, chosen by the ablation in the README (section "Nested Learning
-optimizers"), where every candidate was tuned on the same learning-rate grid.
+``"precondition"`` is the default because it did best in the ablation in the README (section "Nested
+Learning optimizers"), where every candidate was tuned on the same learning-rate grid. Its best learning
+rate there was higher than AdamW's, hence the default ``lr = 1e-2``.
 
 **Routing.** Orthogonalisation applies to parameters with at least 2 dims in a group whose
 ``orthogonalize`` is True (the default). Every other parameter (biases, norm gains, and 2-D parameters in
@@ -90,7 +94,7 @@ from ttmem.optim.base import (
 )
 from ttmem.optim.newton_schulz import newton_schulz
 
-VARIANTS = ("orth-moment", "precondition", "rms-only", "paper")
+VARIANTS = ("precondition", "orth-moment", "rms-only", "paper")
 DEFAULT_VARIANT = "precondition"
 # Module names whose weight is an output head (rows are tokens).
 HEAD_NAMES = ("lm_head", "head", "output")
@@ -189,7 +193,7 @@ class M3(CheckedOptimizer):
         ns_steps: Newton–Schulz iterations (>= 1).
         weight_decay: decoupled weight decay (>= 0).
         orthogonalize: whether ≥2-D parameters of the group are orthogonalised (else AdamW).
-        variant: ``"orth-moment"`` (default, stable), ``"precondition"``, ``"rms-only"`` or ``"paper"``
+        variant: ``"precondition"`` (default, stable), ``"orth-moment"``, ``"rms-only"`` or ``"paper"``
             (the literal rule, unstable on uneven gradients).
         update_rms: target RMS of a matrix update in the stable variants (> 0); 0.2 matches AdamW.
     """
