@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import platform
 import shutil
@@ -56,9 +57,11 @@ from ttmem.data.batches import make_batch
 from ttmem.data.corpora import list_text_files, split_files, stdlib_root
 from ttmem.eval.metrics import lm_nll_sums, logits_of, summarize_nll, token_nll_sum
 from ttmem.optim import EWC, NestedDeepMomentumGD, estimate_fisher
-from ttmem.optim.m3 import DEFAULT_VARIANT
+from ttmem.optim.m3 import DEFAULT_VARIANT, M3
 from ttmem.train import Trainer, TrainingDiverged, resolve_config
 from ttmem.train.config import TrainConfig
+
+M3_UPDATE_RMS = inspect.signature(M3).parameters["update_rms"].default
 
 # Corpus B: the standard library's text files that are not Python sources.
 OTHER_TEXT_SUFFIXES = (
@@ -232,10 +235,13 @@ class Runner:
 
     def settings(self, command: str, name: str) -> str:
         """The run's identity: its command without the output folder, the optimizer named with its variant
-        (``m3`` is ``m3-`` + M3's default variant), plus the benchmark's meta-step hook."""
+        (``m3`` is ``m3-`` + M3's default variant) and M3's default ``update_rms``, plus the benchmark's
+        meta-step hook."""
         canonical = f"m3-{DEFAULT_VARIANT}" if name == "m3" else name
         items = [f"optimizer={canonical}" if item == f"optimizer={name}" else item
                  for item in command.split() if not item.startswith("out_dir=")]
+        if canonical.startswith("m3-") and canonical != "m3-paper":
+            items.append(f"update_rms={M3_UPDATE_RMS:g}")
         if name.startswith("nesteddeepmomentumgd"):
             items.append(f"meta_every={self.args.meta_every} meta_unroll={self.args.meta_unroll}")
         return " ".join(items)

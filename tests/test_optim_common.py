@@ -18,9 +18,9 @@ from ttmem.optim import (
 
 # name -> (factory(params, lr), lr that converges on the problems below)
 OPTIMIZERS = {
-    "M3": (lambda p, lr: M3(p, lr=lr, frequency=3), 1e-1),
-    "M3-precondition": (lambda p, lr: M3(p, lr=lr, frequency=3, variant="precondition"), 1e-1),
-    "M3-rms-only": (lambda p, lr: M3(p, lr=lr, frequency=3, variant="rms-only"), 3e-2),
+    "M3": (lambda p, lr: M3(p, lr=lr, frequency=3), 1e-2),
+    "M3-precondition": (lambda p, lr: M3(p, lr=lr, frequency=3, variant="precondition"), 1e-2),
+    "M3-rms-only": (lambda p, lr: M3(p, lr=lr, frequency=3, variant="rms-only"), 6e-3),
     "M3-no-orthogonalize": (lambda p, lr: M3(p, lr=lr, frequency=3, orthogonalize=False), 3e-2),
     "M3-paper": (lambda p, lr: M3(p, lr=lr, frequency=3, variant="paper", betas=(0.9, 0.999, 0.9)), 3e-2),
     "M3-paper-no-orthogonalize": (
