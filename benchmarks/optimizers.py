@@ -31,6 +31,9 @@ trainer's ``on_step`` hook every ``--meta-every`` steps, with the training loss 
 meta-loss of another, both from training-split streams the runs do not otherwise read, and a
 ``--meta-unroll``-step look-ahead; its cost is inside the reported time per step.
 
+``--m3-update-rms`` sets the stable M3 variants' ``update_rms`` (``ttmem train`` passes only ``lr``; the
+benchmark sets the group value after the trainer builds the optimizer, before its first step).
+
 Reported per run: validation bpb, first and last training loss, training seconds per step (validation
 excluded). Writes JSON to ``--out`` and prints the tables; ``--help`` lists the options.
 """
@@ -181,6 +184,7 @@ def train(
     model: nn.Module | None = None,
     penalty: Any = None,
     hook: Any = None,
+    m3_update_rms: float | None = None,
 ) -> dict[str, Any]:
     """One trainer run: validation bpb, first / last training loss, training time, the model."""
     records: list[dict] = []
@@ -191,6 +195,10 @@ def train(
             hook(trainer, record)
 
     trainer = Trainer(config, model=model, corpus=corpus, on_step=on_step, penalty=penalty)
+    if m3_update_rms is not None and isinstance(trainer.optimizer, M3):
+        # `ttmem train` passes only lr; before the first step this equals M3(..., update_rms=...).
+        for group in trainer.optimizer.param_groups:
+            group["update_rms"] = m3_update_rms
     start = time.perf_counter()
     try:
         result = trainer.fit()
@@ -241,7 +249,7 @@ class Runner:
         items = [f"optimizer={canonical}" if item == f"optimizer={name}" else item
                  for item in command.split() if not item.startswith("out_dir=")]
         if canonical.startswith("m3-") and canonical != "m3-paper":
-            items.append(f"update_rms={M3_UPDATE_RMS:g}")
+            items.append(f"update_rms={self.args.m3_update_rms:g}")
         if name.startswith("nesteddeepmomentumgd"):
             items.append(f"meta_every={self.args.meta_every} meta_unroll={self.args.meta_unroll}")
         return " ".join(items)
@@ -263,8 +271,8 @@ class Runner:
             source = "reused"
         else:
             fresh(out_dir)
-            run = train(config, self.corpus, hook=meta_step_hook(self.corpus, config, args.meta_every,
-                                                                 args.meta_unroll))
+            hook = meta_step_hook(self.corpus, config, args.meta_every, args.meta_unroll)
+            run = train(config, self.corpus, hook=hook, m3_update_rms=args.m3_update_rms)
             trained = run.pop("model")
             if keep_model and trained is not None:
                 self.models[(model, name, lr, seed)] = trained
@@ -479,6 +487,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=0.0,
                         help="decoupled decay scales with lr, so one value is unfair to SGD-scale lrs")
     parser.add_argument("--eval-tokens", type=int, default=16384)
+    parser.add_argument("--m3-update-rms", type=float, default=M3_UPDATE_RMS,
+                        help="update_rms of the stable M3 variants (default: M3's)")
     parser.add_argument("--meta-every", type=int, default=10, help="NestedDeepMomentumGD: steps per meta_step")
     parser.add_argument("--meta-unroll", type=int, default=2, help="NestedDeepMomentumGD: look-ahead steps")
     parser.add_argument("--reuse", nargs="*", default=[],
@@ -497,6 +507,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.extend < 0:
         parser.error("--extend must be >= 0")
+    if not args.m3_update_rms > 0:
+        parser.error("--m3-update-rms must be > 0")
     if any(lam < 0 for lam in args.ewc_lambdas):
         parser.error("--ewc-lambdas must be >= 0")
     names = [n.lower() for n in args.optimizers]
