@@ -35,7 +35,9 @@ meta-loss of another, both from training-split streams the runs do not otherwise
 benchmark sets the group value after the trainer builds the optimizer, before its first step).
 
 Reported per run: validation bpb, first and last training loss, training seconds per step (validation
-excluded). Writes JSON to ``--out`` and prints the tables; ``--help`` lists the options.
+excluded). Those times follow the machine's load when each run happened, so the table also gives each row's
+seconds per step timed in interleaved rounds (``--time-rounds``, ``--time-steps``), where every row meets the
+same load. Writes JSON to ``--out`` and prints the tables; ``--help`` lists the options.
 """
 
 from __future__ import annotations
@@ -358,7 +360,39 @@ def benchmark(runner: Runner, grids: dict[str, tuple[float, ...]]) -> dict[str, 
                 row["neighbours"] = {f"{new:g}": score(runner.run(model, name, new, args.seed))
                                      for new in (lr_beyond(lr, up=False), lr_beyond(lr, up=True))}
             rows.append(row)
+    if args.time_rounds:
+        interleaved_step_times(runner, rows)
     return {"best": list(best.values()), "rows": rows}
+
+
+def interleaved_step_times(runner: Runner, rows: list[dict[str, Any]]) -> None:
+    """Seconds per training step of every row's (model, optimizer, lr), timed in round-robin order.
+
+    The runs above met whatever load the machine had at their time; here every row runs ``--time-steps``
+    steps per round, rows alternating, ``--time-rounds`` rounds, so all see the same load. A row's time is
+    the median over rounds of (time from step 1 to the last step) / (steps − 1), meta-steps included.
+    """
+    args = runner.args
+    timed = [row for row in rows if row.get("lr") is not None]
+    samples: dict[int, list[float]] = {id(row): [] for row in timed}
+    for round_index in range(args.time_rounds):
+        for row in timed:
+            out_dir = fresh(Path(args.runs_dir) / f"timing-{row['model']}-{row['optimizer']}")
+            overrides = shared_overrides(args, args.time_steps, row["model"], args.seed)
+            config, _ = run_config([*overrides, f"optimizer={row['optimizer']}", f"lr={row['lr']:g}",
+                                    f"eval_tokens={args.batch_size * args.seq_len}"], out_dir)
+            stamps: list[float] = []
+            meta = meta_step_hook(runner.corpus, config, args.meta_every, args.meta_unroll)
+
+            def hook(trainer: Trainer, record: dict, meta: Any = meta, stamps: list[float] = stamps) -> None:
+                stamps.append(time.perf_counter())
+                meta(trainer, record)
+
+            train(config, runner.corpus, hook=hook, m3_update_rms=args.m3_update_rms)
+            samples[id(row)].append((stamps[-1] - stamps[0]) / (len(stamps) - 1))
+        print(f"  timing round {round_index + 1}/{args.time_rounds} done", flush=True)
+    for row in timed:
+        row["interleaved_seconds_per_step"] = statistics.median(samples[id(row)])
 
 
 def fisher_batches(corpus: Corpus, config: TrainConfig, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -417,7 +451,7 @@ def print_tables(result: dict) -> None:
           f"{cfg['seq_len']} on {cfg['data']}; grids on {cfg['model']}, seeds {cfg['seeds']}")
     runs = {(r["model"], r["optimizer"], r["lr"], r["seed"]): r for r in result["runs"]}
     print("| model | optimizer | lr grid (val bpb, seed 0) | best lr | val bpb mean | range | std | s/step |"
-          "\n|---|---|---|---|---|---|---|---|")
+          " s/step interleaved |\n|---|---|---|---|---|---|---|---|---|")
     grids = {b["optimizer"]: b for b in result["best"]}
     for row in result["rows"]:
         name = DISPLAY.get(row["optimizer"], row["optimizer"])
@@ -428,13 +462,14 @@ def print_tables(result: dict) -> None:
         else:
             grid = ", ".join(f"{lr} ({bpb_text(v)})" for lr, v in row.get("neighbours", {}).items())
         if row["lr"] is None or "mean" not in row:
-            print(f"| {row['model']} | {name} | {grid} | diverged | | | | |")
+            print(f"| {row['model']} | {name} | {grid} | diverged | | | | | |")
             continue
         edge = grids[row["optimizer"]]["best_at_grid_edge"] if row["model"] == cfg["model"] else None
         note = f" ({edge} end)" if edge else ""
         diverged = f", {len(row['diverged_seeds'])} diverged" if row["diverged_seeds"] else ""
         print(f"| {row['model']} | {name} | {grid} | {row['lr']:g}{note} | {row['mean']:.4f}{diverged} | "
-              f"{row['min']:.4f}–{row['max']:.4f} | {row['std']:.4f} | {row['seconds_per_step']:.2f} |")
+              f"{row['min']:.4f}–{row['max']:.4f} | {row['std']:.4f} | {row['seconds_per_step']:.2f} | "
+              f"{row.get('interleaved_seconds_per_step', float('nan')):.2f} |")
     cont = result.get("continual")
     if cont:
         name = DISPLAY.get(cont["optimizer"], cont["optimizer"])
@@ -491,6 +526,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="update_rms of the stable M3 variants (default: M3's)")
     parser.add_argument("--meta-every", type=int, default=10, help="NestedDeepMomentumGD: steps per meta_step")
     parser.add_argument("--meta-unroll", type=int, default=2, help="NestedDeepMomentumGD: look-ahead steps")
+    parser.add_argument("--time-steps", type=int, default=21, help="steps per interleaved timing run")
+    parser.add_argument("--time-rounds", type=int, default=3, help="interleaved timing rounds (0: none)")
     parser.add_argument("--reuse", nargs="*", default=[],
                         help="JSON files of earlier (or interrupted, or concurrent) runs: reuse their runs")
     parser.add_argument("--threads", type=int, default=1)
@@ -505,8 +542,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  "meta_every", "meta_unroll"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.extend < 0:
-        parser.error("--extend must be >= 0")
+    if args.extend < 0 or args.time_rounds < 0:
+        parser.error("--extend and --time-rounds must be >= 0")
+    if args.time_steps < 2:
+        parser.error("--time-steps must be >= 2")
     if not args.m3_update_rms > 0:
         parser.error("--m3-update-rms must be > 0")
     if any(lam < 0 for lam in args.ewc_lambdas):
