@@ -82,6 +82,7 @@ DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
     "m3": ADAM_SCALE,
     "m3-paper": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
     "m3-precondition": ADAM_SCALE,
+    "m3-orth-moment": ADAM_SCALE,
     "m3-rms-only": ADAM_SCALE,
     "deepmomentumgd": SGD_SCALE,
     "nesteddeepmomentumgd": SGD_SCALE,
@@ -467,9 +468,10 @@ def print_tables(result: dict) -> None:
         edge = grids[row["optimizer"]]["best_at_grid_edge"] if row["model"] == cfg["model"] else None
         note = f" ({edge} end)" if edge else ""
         diverged = f", {len(row['diverged_seeds'])} diverged" if row["diverged_seeds"] else ""
+        interleaved = f"{row['interleaved_seconds_per_step']:.2f}" if "interleaved_seconds_per_step" in row else ""
         print(f"| {row['model']} | {name} | {grid} | {row['lr']:g}{note} | {row['mean']:.4f}{diverged} | "
               f"{row['min']:.4f}–{row['max']:.4f} | {row['std']:.4f} | {row['seconds_per_step']:.2f} | "
-              f"{row.get('interleaved_seconds_per_step', float('nan')):.2f} |")
+              f"{interleaved} |")
     cont = result.get("continual")
     if cont:
         name = DISPLAY.get(cont["optimizer"], cont["optimizer"])
