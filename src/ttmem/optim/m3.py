@@ -23,8 +23,9 @@ orthogonalised directions with ``V``.
 **It is unstable on uneven gradients.** Newton–Schulz spreads a matrix's magnitude over all its entries,
 while ``√V̂`` is entrywise: wherever a gradient entry is orders of magnitude below the matrix's typical
 entry, ``orth(M̂)_ij / √V̂_ij`` is huge. Measured on ``mac-tiny`` (README, "Nested Learning optimizers"):
-the first step at lr 1e-2 moved single weights of a SwiGLU output projection by about 1.6e3, and the rule
-ends barely below a uniform guess at its best learning rate on that model.
+the first step at lr 1e-2 moved single weights of a SwiGLU output projection by about 1.6e3, and over lr 1e-2
+to 1e-1 the rule ended barely below a uniform guess on that model. At lr 1e-3 it trains, but its usable range of
+learning rates is narrow.
 
 **The stable rules, and how they follow.** Write ``NS`` for the plain Newton–Schulz output, whose
 nonzero singular values lie in ``[0.68, 1.21]`` whatever its input's scale (``ttmem.optim.newton_schulz``).
