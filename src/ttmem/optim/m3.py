@@ -38,7 +38,8 @@ keep the paper's structure (fast and slow momentum, both orthogonalised, an adap
    is the second moment at the end of the slow chunk. ``M̂ / √V̂`` is Adam's dimensionless direction, so
    the per-entry adaptivity is kept; a tiny ``√V̂_ij`` can now only enlarge one entry of the matrix that is
    orthogonalised, and Newton–Schulz bounds the singular values of the result whatever that entry is. So
-   ``‖U‖_2 ≤ 1.21 · s · (1 + α)`` for every gradient sequence: the step cannot blow up.
+   ``‖U‖_2 ≤ 1.21 · s · (1 + α)`` for every gradient sequence: no single step can be large (training can
+   still diverge at too high a learning rate; the README measures where).
 2. ``variant="orth-moment"`` (AdaMuon's choice): take the second moment of the orthogonalised direction,
    ``O = NS(M̂1) + α NS(M̂2)``, ``V ← β2 V + (1 − β2) O²``, ``U = O / (√V̂ + ε)``. Numerator and
    denominator now have the same units, and since ``V̂_t ≥ (1 − β2) O_t² / (1 − β2^t)``, every entry obeys
@@ -58,8 +59,8 @@ have the size of an AdamW update, or one of the two groups trains at the wrong r
 ``0.2``, the RMS of AdamW's update late in long runs. Early in training Adam's update is larger: at its
 first step ``m̂ / √v̂ = sign(g)``, RMS exactly 1, and it stays near 1 while gradients keep their sign. In
 the README's short runs, with ``update_rms = 0.2`` the best learning rate of M3 on ``transformer-tiny``
-was 10x AdamW's, and at that rate the AdamW-routed parameters (embeddings, head, norms) of ``mac-tiny``
-were far above their own best (measured there). ``update_rms = 1.0`` (the default) matches Adam's
+was 10x AdamW's, and at that rate M3 failed on ``mac-tiny``, whose AdamW-routed parameters (embeddings,
+norms) then ran at 10x AdamW's own best rate (measured there). ``update_rms = 1.0`` (the default) matches Adam's
 first-step RMS, so one ``lr`` suits both groups; for long runs 0.2 is the usual choice.
 
 **Routing.** Orthogonalisation applies to parameters with at least 2 dims in a group whose
@@ -71,8 +72,10 @@ builds that split (``nn.Embedding`` tables and modules named ``lm_head`` / ``hea
 the AdamW group; only ≥2-D parameters are decayed). The paper variant keeps its own fallback for these
 parameters, Adam with the slow momentum added: ``(M̂1 + α M̂2) / (√V̂ + ε)``.
 
-Other choices: >2-D parameters (convolutions) are flattened to ``(shape[0], prod(shape[1:]))`` for
-Newton–Schulz, the usual Muon convention. ``weight_decay`` is decoupled (AdamW). Everything is per
+Other choices: >2-D parameters (convolutions, and raw tensors such as per-head memory weights
+``(heads, d_in, d_out)``) are flattened to ``(shape[0], prod(shape[1:]))`` for Newton–Schulz, the usual Muon
+convention for filters; ``m3_param_groups`` treats every ≥2-D parameter that is not a token matrix as a
+hidden matrix. ``weight_decay`` is decoupled (AdamW). Everything is per
 parameter and in the parameter's dtype; ``state_dict`` holds plain tensors.
 
 **Sharded parameters.** Orthogonalisation needs the whole matrix. A parameter that is a sharded
