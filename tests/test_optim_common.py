@@ -18,8 +18,15 @@ from ttmem.optim import (
 
 # name -> (factory(params, lr), lr that converges on the problems below)
 OPTIMIZERS = {
-    "M3": (lambda p, lr: M3(p, lr=lr, frequency=3), 3e-2),
+    "M3": (lambda p, lr: M3(p, lr=lr, frequency=3), 1e-2),
+    "M3-precondition": (lambda p, lr: M3(p, lr=lr, frequency=3, variant="precondition"), 1e-2),
+    "M3-rms-only": (lambda p, lr: M3(p, lr=lr, frequency=3, variant="rms-only"), 6e-3),
     "M3-no-orthogonalize": (lambda p, lr: M3(p, lr=lr, frequency=3, orthogonalize=False), 3e-2),
+    "M3-paper": (lambda p, lr: M3(p, lr=lr, frequency=3, variant="paper", betas=(0.9, 0.999, 0.9)), 3e-2),
+    "M3-paper-no-orthogonalize": (
+        lambda p, lr: M3(p, lr=lr, frequency=3, variant="paper", betas=(0.9, 0.999, 0.9), orthogonalize=False),
+        3e-2,
+    ),
     "DeepMomentumGD": (lambda p, lr: DeepMomentumGD(p, lr=lr, hidden=4, inner_lr=1e-2), 2e-2),
     "DeepMomentumGD-dense": (
         lambda p, lr: DeepMomentumGD(p, lr=lr, hidden=4, inner_lr=1e-2, memory="dense"), 2e-2

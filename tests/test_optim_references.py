@@ -129,7 +129,9 @@ def test_m3_matches_naive_reference():
     lr, (b1, b2, b3), alpha, f, eps = 0.01, (0.8, 0.95, 0.7), 0.4, 4, 1e-8
     grads = gradient_stream(SHAPES, 13, seed=5)
     ours, _ = run_optimizer(
-        lambda p: M3(p, lr=lr, betas=(b1, b2, b3), alpha=alpha, frequency=f, eps=eps), initial_params(), grads
+        lambda p: M3(p, lr=lr, betas=(b1, b2, b3), alpha=alpha, frequency=f, eps=eps, variant="paper"),
+        initial_params(),
+        grads,
     )
     for index, shape in enumerate(SHAPES):
         theta = initial_params()[index]
@@ -148,6 +150,62 @@ def test_m3_matches_naive_reference():
                 slow_updates += 1
                 m2_hat = m2 / (1 - b3**slow_updates)
                 o2 = orth_reference(m2_hat) if len(shape) >= 2 else m2_hat
+                chunk = torch.zeros_like(chunk)
+        torch.testing.assert_close(ours[index], theta, rtol=0, atol=1e-10)
+
+
+def ns_reference(momentum, steps=5):
+    """Newton–Schulz output from the SVD: singular values through the scalar map, no rescaling."""
+    matrix = momentum.reshape(momentum.shape[0], -1)
+    u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+    return (u @ torch.diag(singular_value_map(s / torch.linalg.matrix_norm(matrix), steps)) @ vh).reshape(
+        momentum.shape
+    )
+
+
+@pytest.mark.parametrize("variant", ["orth-moment", "precondition", "rms-only"])
+def test_stable_m3_matches_naive_reference(variant):
+    """The stable rules of the M3 module docstring, written out step by step; 1-D parameters get AdamW."""
+    lr, (b1, b2, b3), alpha, f, eps, rms, wd = 0.02, (0.8, 0.9, 0.7), 0.4, 4, 1e-8, 0.2, 0.1
+    grads = gradient_stream(SHAPES, 13, seed=7)
+    ours, _ = run_optimizer(
+        lambda p: M3(p, lr=lr, betas=(b1, b2, b3), alpha=alpha, frequency=f, eps=eps, variant=variant,
+                     update_rms=rms, weight_decay=wd),
+        initial_params(),
+        grads,
+    )
+    for index, shape in enumerate(SHAPES):
+        theta = initial_params()[index]
+        m1, v, m2, chunk, o2 = (torch.zeros(shape, dtype=torch.float64) for _ in range(5))
+        rows, cols = shape[0], int(torch.tensor(shape[1:]).prod()) if len(shape) > 1 else 1
+        shape_scale = rms * max(rows, cols) ** 0.5
+        slow_updates = 0
+        for t, step_grads in enumerate(grads, start=1):
+            g = step_grads[index]
+            m1 = b1 * m1 + (1 - b1) * g
+            m1_hat = m1 / (1 - b1**t)
+            if len(shape) < 2:  # AdamW
+                v = b2 * v + (1 - b2) * g * g
+                update = m1_hat / ((v / (1 - b2**t)).sqrt() + eps)
+            elif variant == "precondition":
+                v = b2 * v + (1 - b2) * g * g
+                denom = (v / (1 - b2**t)).sqrt() + eps
+                update = shape_scale * (ns_reference(m1_hat / denom) + alpha * o2)
+            else:
+                o = ns_reference(m1_hat) + alpha * o2
+                if variant == "rms-only":
+                    update = shape_scale * o
+                else:
+                    v = b2 * v + (1 - b2) * o * o
+                    u = o / ((v / (1 - b2**t)).sqrt() + eps)
+                    update = u * rms / u.square().mean().sqrt()
+            theta = theta * (1 - lr * wd) - lr * update
+            chunk = chunk + g
+            if len(shape) >= 2 and t % f == 0:
+                m2 = b3 * m2 + (1 - b3) * chunk / f
+                slow_updates += 1
+                m2_hat = m2 / (1 - b3**slow_updates)
+                o2 = ns_reference(m2_hat / denom) if variant == "precondition" else ns_reference(m2_hat)
                 chunk = torch.zeros_like(chunk)
         torch.testing.assert_close(ours[index], theta, rtol=0, atol=1e-10)
 

@@ -6,13 +6,14 @@ closures). ``newton_schulz`` is a standalone batched orthogonalisation other pac
 
 from ttmem.optim.deep_momentum import DeepMomentumGD
 from ttmem.optim.ewc import EWC, estimate_fisher
-from ttmem.optim.m3 import M3
+from ttmem.optim.m3 import M3, m3_param_groups
 from ttmem.optim.momentum import DeltaRuleMomentum, MomentumGD, PreconditionedMomentum
 from ttmem.optim.nested import NestedDeepMomentumGD
 from ttmem.optim.newton_schulz import newton_schulz
 
 __all__ = [
     "M3",
+    "m3_param_groups",
     "DeepMomentumGD",
     "NestedDeepMomentumGD",
     "DeltaRuleMomentum",

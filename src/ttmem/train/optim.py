@@ -1,12 +1,13 @@
 """Optimizers by name and the warm-up + cosine learning-rate schedule.
 
-Design: "adamw", "adam" and "sgd" come from torch; any other name is looked up lazily in
-`ttmem.optim` (the Nested Learning optimizers), so this module works before that package exists.
+Design: "adamw", "adam" and "sgd" come from torch; any other name is looked up in `ttmem.optim` (the
+Nested Learning optimizers, by lower-case class name). A name `BASE-VARIANT` picks a variant of an
+optimizer with a `variant` argument: `m3-paper` is `M3(variant="paper")`, `m3-precondition` its
+precondition-first form; plain `m3` is the stable default.
 Weight decay applies to matrices only (biases, norms and embeddings' 1-D gains are not decayed).
 Optimizers that orthogonalise matrix updates (those taking an `orthogonalize` argument, e.g. M3) get
-embedding tables and the output head in a group with `orthogonalize=False` (the Muon convention):
-their rows are tokens, not a linear map, and orthogonalising spreads the update into the rows of
-tokens absent from the batch, whose second moment is zero, so those rows would be divided by eps.
+`ttmem.optim.m3_param_groups`: embedding tables and the output head in a group with
+`orthogonalize=False` (the Muon convention: their rows are tokens, not a linear map; M3 gives them AdamW).
 """
 
 from __future__ import annotations
@@ -28,35 +29,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     groups = [{"params": decay, "weight_decay": weight_decay}]
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
-
-
-HEAD_NAMES = ("lm_head", "head", "output")
-
-
-def token_matrices(model: nn.Module) -> list[nn.Parameter]:
-    """Parameters whose rows are tokens: `nn.Embedding` tables and the weight of an output head
-    (a module whose name ends in one of `HEAD_NAMES`); tied weights are listed once."""
-    found: dict[int, nn.Parameter] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, nn.Embedding) or name.rsplit(".", 1)[-1] in HEAD_NAMES:
-            weight = getattr(module, "weight", None)
-            if isinstance(weight, nn.Parameter) and weight.requires_grad and weight.ndim >= 2:
-                found[id(weight)] = weight
-    return list(found.values())
-
-
-def orthogonalizing_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """`param_groups`, with token matrices split into their own group with `orthogonalize=False`."""
-    tokens = {id(p) for p in token_matrices(model)}
-    groups = []
-    for group in param_groups(model, weight_decay):
-        kept = [p for p in group["params"] if id(p) not in tokens]
-        moved = [p for p in group["params"] if id(p) in tokens]
-        if kept:
-            groups.append({**group, "params": kept})
-        if moved:
-            groups.append({**group, "params": moved, "orthogonalize": False})
     return groups
 
 
@@ -88,12 +60,23 @@ def build_optimizer(
     if key == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=betas[0])
     registry = _optim_registry()
-    if key not in registry:
+    base, _, variant = key.partition("-")
+    if key not in registry and base not in registry:
         raise ValueError(f"unknown optimizer '{name}'; available: {', '.join([*TORCH_OPTIMIZERS, *registry])}")
-    if "orthogonalize" in inspect.signature(registry[key]).parameters:
-        groups = orthogonalizing_groups(model, weight_decay)
+    cls = registry[key] if key in registry else registry[base]
+    kwargs: dict = {"lr": lr}
+    if key not in registry:
+        variants = getattr(cls, "VARIANTS", ())
+        if variant not in variants:
+            raise ValueError(f"unknown optimizer '{name}': {base} has no variant '{variant}'; "
+                             f"variants: {', '.join(variants) or 'none'}")
+        kwargs["variant"] = variant
+    if "orthogonalize" in inspect.signature(cls).parameters:
+        from ttmem.optim import m3_param_groups
+
+        groups = m3_param_groups(model, weight_decay)
     try:
-        return registry[key](groups, lr=lr)
+        return cls(groups, **kwargs)
     except TypeError as err:
         raise ValueError(f"optimizer '{name}' could not be built with lr={lr}: {err}") from err
 
