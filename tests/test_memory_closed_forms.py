@@ -81,8 +81,9 @@ def test_objective_gradient_matches_autograd(objective):
     MemoryArchitecture("linear"),
     MemoryArchitecture("mlp", depth=3, expansion=2.0, activation="silu"),
     MemoryArchitecture("mlp", depth=2, activation="gelu", residual_norm=True),
+    MemoryArchitecture("mlp", depth=2, activation="gelu", residual=True),
     MemoryArchitecture("lowrank", rank=3),
-], ids=["linear", "mlp3-silu", "mlp2-residual-norm", "lowrank"])
+], ids=["linear", "mlp3-silu", "mlp2-residual-norm", "mlp2-residual", "lowrank"])
 def test_gradcheck_per_architecture(arch):
     """Second-order-safe gradients of the chunked engine, checked by finite differences."""
     rule = MemoryRule("probe", arch, Objective("l2"), momentum=True, forgetting=True)
