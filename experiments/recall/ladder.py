@@ -35,6 +35,7 @@ class Variant:
     rule: MemoryRule
     layer: dict = field(default_factory=dict)  # NeuralMemory attributes to set after construction
     chunk_size: int | None = None                # None: the recipe's
+    zero_last: bool = False                      # start the memory's last layer at zero (M_0(x) = x or 0)
 
 
 def _titans(**changes) -> MemoryRule:
@@ -58,6 +59,11 @@ VARIANTS: dict[str, Variant] = {
     "titans-nomom": Variant(_titans(name="titans-nomom", momentum=False)),
     "titans-maxlr0.1": Variant(get_rule("titans"), layer={"max_lr": 0.1}),
     "titans-maxlr0.01": Variant(get_rule("titans"), layer={"max_lr": 0.01}),
+    "mlp-zero": Variant(_titans(name="mlp", architecture=MemoryArchitecture(**_MLP)), zero_last=True),
+    "mlp+res-zero": Variant(_titans(name="mlp+res", architecture=MemoryArchitecture(**_MLP, residual=True)),
+                            zero_last=True),
+    "mlp-zero-maxlr0.1": Variant(_titans(name="mlp", architecture=MemoryArchitecture(**_MLP)), zero_last=True,
+                                 layer={"max_lr": 0.1}),
     "mlp+res-chunk8": Variant(_titans(name="mlp+res", architecture=MemoryArchitecture(**_MLP, residual=True)),
                               chunk_size=8),
 }
@@ -71,6 +77,9 @@ def build(variant: Variant, recipe: MQARRecipe, args: argparse.Namespace, arch: 
         if isinstance(layer, NeuralMemory):
             for name, value in variant.layer.items():
                 setattr(layer, name, value)
+            if variant.zero_last:
+                with torch.no_grad():
+                    layer.initial_weights[-1].zero_()
     return model
 
 
