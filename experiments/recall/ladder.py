@@ -27,6 +27,9 @@ from ttmem.memory import MemoryArchitecture, MemoryRule, Objective, get_rule
 from ttmem.models import build_model, count_parameters
 
 _MLP = dict(kind="mlp", depth=2, expansion=4.0, activation="gelu")
+# The layer's gate logits before this study (step −2, momentum 2, forget −4): every variant starts from them
+# unless it says otherwise, so the ladder reproduces whatever the layer's current defaults are.
+FORMER_GATE_BIAS = {"lr": -2.0, "momentum": 2.0, "forget": -4.0}
 _LINEAR = MemoryArchitecture("linear")
 
 
@@ -36,20 +39,22 @@ class Variant:
     layer: dict = field(default_factory=dict)  # NeuralMemory attributes to set after construction
     chunk_size: int | None = None                # None: the recipe's
     zero_last: bool = False                      # start the memory's last layer at zero (M_0(x) = x or 0)
+    gate_bias: dict = field(default_factory=dict)  # initial gate logits by name: "lr", "momentum", "forget"
 
 
 def _titans(**changes) -> MemoryRule:
     return get_rule("titans").replace(**changes)
 
 
+VARIANTS_LINEAR_MF = MemoryRule("linear-chunked+mom+forget", _LINEAR, Objective("l2"), momentum=True, forgetting=True,
+                                zero_init=True)
 VARIANTS: dict[str, Variant] = {
     # the linear end: DeltaNet's rule (exact per token), then chunked gradients, momentum, forgetting
     "delta": Variant(get_rule("delta")),
     "linear-chunked": Variant(MemoryRule("linear-chunked", _LINEAR, Objective("l2"), zero_init=True)),
     "linear-chunked+mom": Variant(MemoryRule("linear-chunked+mom", _LINEAR, Objective("l2"), momentum=True,
                                              zero_init=True)),
-    "linear-chunked+mom+forget": Variant(MemoryRule("linear-chunked+mom+forget", _LINEAR, Objective("l2"),
-                                                    momentum=True, forgetting=True, zero_init=True)),
+    "linear-chunked+mom+forget": Variant(VARIANTS_LINEAR_MF),
     # the deep memory: plain MLP, MLP with residual, MLP with residual + LayerNorm (= titans)
     "mlp": Variant(_titans(name="mlp", architecture=MemoryArchitecture(**_MLP))),
     "mlp+res": Variant(_titans(name="mlp+res", architecture=MemoryArchitecture(**_MLP, residual=True))),
@@ -64,6 +69,14 @@ VARIANTS: dict[str, Variant] = {
                             zero_last=True),
     "mlp-zero-maxlr0.1": Variant(_titans(name="mlp", architecture=MemoryArchitecture(**_MLP)), zero_last=True,
                                  layer={"max_lr": 0.1}),
+    "titans-mom-4": Variant(get_rule("titans"), gate_bias={"momentum": -4.0}),
+    "titans-mom-4-forget-8": Variant(get_rule("titans"), gate_bias={"momentum": -4.0, "forget": -8.0}),
+    "linear-chunked+mom+forget-low": Variant(VARIANTS_LINEAR_MF, gate_bias={"momentum": -4.0, "forget": -8.0}),
+    "titans-maxlr0.1-mom-4-forget-8": Variant(get_rule("titans"), layer={"max_lr": 0.1},
+                                              gate_bias={"momentum": -4.0, "forget": -8.0}),
+    "mlp-zero-maxlr0.1-mom-4-forget-8": Variant(_titans(name="mlp", architecture=MemoryArchitecture(**_MLP)),
+                                                zero_last=True, layer={"max_lr": 0.1},
+                                                gate_bias={"momentum": -4.0, "forget": -8.0}),
     "mlp+res-chunk8": Variant(_titans(name="mlp+res", architecture=MemoryArchitecture(**_MLP, residual=True)),
                               chunk_size=8),
 }
@@ -77,6 +90,13 @@ def build(variant: Variant, recipe: MQARRecipe, args: argparse.Namespace, arch: 
         if isinstance(layer, NeuralMemory):
             for name, value in variant.layer.items():
                 setattr(layer, name, value)
+            names = ["lr"] + ["momentum"] * layer.rule.momentum + ["forget"] * layer.rule.forgetting
+            with torch.no_grad():
+                for name, logit in {**FORMER_GATE_BIAS, **variant.gate_bias}.items():
+                    if name not in names:
+                        continue
+                    bias = layer.to_gates.bias.view(layer.heads, layer.n_gates)
+                    bias[:, names.index(name)] = logit
             if variant.zero_last:
                 with torch.no_grad():
                     layer.initial_weights[-1].zero_()
