@@ -162,6 +162,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mlp-ratio", type=float, default=5.0, help="the Transformer's; sets the parameter target")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     p.add_argument("--out", default="benchmarks/results/recall_ordering.json")
+    p.add_argument("--merge", nargs="+", metavar="JSON",
+                   help="train nothing: combine the runs of earlier outputs (same recipe) into one table and --out")
     args = p.parse_args(argv)
     args.archs = [a.strip() for a in args.archs.split(",") if a.strip()]
     unknown = sorted(set(args.archs) - set(ARCHITECTURES))
@@ -174,8 +176,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+RECIPE_FIELDS = ("seq_len", "pairs", "vocab", "steps", "batch", "lr", "warmup", "eval_examples", "dim", "depth",
+                 "heads", "window", "chunk_size", "segment_len", "mlp_ratio")
+
+
+def merge(paths: list[str], out: Path) -> dict:
+    """One report from several outputs of the same recipe (e.g. architectures trained in parallel processes)."""
+    reports = [json.loads(Path(p).read_text()) for p in paths]
+    first = reports[0]
+    for path, report in zip(paths, reports):
+        differs = [f for f in RECIPE_FIELDS if report["args"][f] != first["args"][f]]
+        if differs:
+            raise SystemExit(f"recall_ordering: {path} has a different recipe ({', '.join(differs)})")
+    runs = [run for report in reports for run in report["runs"]]
+    archs = [a for a in ARCHITECTURES if any(r["arch"] == a for r in runs)]
+    lines, table = summarise(runs, archs)
+    merged = {**first, "merged_from": paths, "runs": runs, "claims": claims(table),
+              "wall_seconds": sum(r.get("wall_seconds", 0.0) for r in reports)}
+    print("\n".join(lines))
+    for line in merged["claims"]:
+        print(line)
+    out.write_text(json.dumps(merged, indent=2) + "\n")
+    print(f"wrote {out}")
+    return merged
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.merge:
+        return merge(args.merge, Path(args.out))
     if args.threads:
         torch.set_num_threads(args.threads)
     shape = shape_overrides(args)

@@ -50,3 +50,18 @@ def test_cli_rejects_unknown_architectures_and_unmatchable_targets(tmp_path):
         bench.main(TINY + ["--archs", "deltanet,nope", "--out", str(tmp_path / "a.json")])
     with pytest.raises(SystemExit, match="raise --mlp-ratio"):
         bench.main(TINY + ["--mlp-ratio", "0.5", "--archs", "mag", "--out", str(tmp_path / "b.json")])
+
+
+def test_merge_combines_runs_of_one_recipe_and_refuses_another(tmp_path, capsys):
+    bench = load_benchmark()
+    a, b, c = (tmp_path / f"{n}.json" for n in "abc")
+    bench.main(TINY + ["--archs", "deltanet", "--tasks", "mqar", "--seeds", "0", "--out", str(a)])
+    bench.main(TINY + ["--archs", "swa_transformer", "--tasks", "mqar", "--seeds", "0", "--out", str(b)])
+    capsys.readouterr()
+    merged = bench.main(["--merge", str(a), str(b), "--out", str(c)])
+    assert [r["arch"] for r in merged["runs"]] == ["deltanet", "swa_transformer"]
+    assert "| deltanet |" in capsys.readouterr().out
+    other = tmp_path / "other.json"
+    bench.main(TINY + ["--archs", "lmm", "--tasks", "mqar", "--seeds", "0", "--steps", "1", "--out", str(other)])
+    with pytest.raises(SystemExit, match="different recipe"):
+        bench.main(["--merge", str(a), str(other), "--out", str(c)])
