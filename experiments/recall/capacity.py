@@ -1,6 +1,7 @@
 """In-context capacity of each memory rule with no outer training.
 
-Writes N random (key, value) pairs into a memory at the neural memory layer's initial gates and weights, then
+Writes N random (key, value) pairs into a memory at the layer's initial weights and at the gates the layer started
+from before this study (momentum keep sigmoid(2), forget sigmoid(−4); ``--momentum-logit``, ``--forget-logit``), then
 reads every key back from the final memory and scores retrieval: the cosine between M(k_i) and v_i, and whether
 v_i is the nearest of the N values (by cosine) to M(k_i). Keys are unit-norm like the layer's (ℓ2-normalised);
 values are Gaussian with the entry scale the layer's value projection produces at initialisation (about 0.22,
@@ -8,7 +9,8 @@ norm about 1.2 at head width 32). Also reports the one-write step: how far one w
 |M_1(k) − M_0(k)| / |v − M_0(k)| (exactly θ for the delta rule with a unit key), and the pre-LayerNorm hidden
 scale at the initial weights.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python experiments/recall/capacity.py --out experiments/recall/results/capacity.json
+    OMP_NUM_THREADS=1 PYTHONPATH=src python experiments/recall/capacity.py \
+        --out experiments/recall/results/capacity.json
 """
 
 from __future__ import annotations
@@ -51,14 +53,15 @@ def pairs(n: int, d: int, value_std: float, seed: int) -> tuple[torch.Tensor, to
 
 
 def retrieval(rule: MemoryRule, k: torch.Tensor, v: torch.Tensor, lr: float, momentum: float, forget: float,
-              chunk: int, distractors: int = 0) -> dict[str, float]:
-    """Write the N pairs, then ``distractors`` further random pairs (as the rest of an MQAR sequence is written
-    too), and read the N keys back."""
+              chunk: int, filler: int = 0) -> dict[str, float]:
+    """Write the N pairs, then ``filler`` copies of one further pair (as MQAR's query region, mostly one filler
+    token, is written too), and read the N keys back."""
     n = k.shape[1]
     keys, values = k, v
-    if distractors:
-        dk, dv = pairs(distractors, k.shape[-1], float(v.std()), 10_000 + n)
-        keys, values = torch.cat([k, dk], 1), torch.cat([v, dv], 1)
+    if filler:
+        fk, fv = pairs(1, k.shape[-1], float(v.std()), 10_000 + n)
+        keys = torch.cat([k, fk.expand(-1, filler, -1, -1)], 1)
+        values = torch.cat([v, fv.expand(-1, filler, -1, -1)], 1)
     gates = torch.full((1, keys.shape[1], 1), lr, dtype=k.dtype)
     extra = {}
     if rule.momentum:
@@ -102,12 +105,14 @@ def main() -> None:
     p.add_argument("--chunks", default="1,8,32")
     p.add_argument("--lrs", default="0.119,0.5,1.0", help="step sizes θ (0.119 = sigmoid(−2), the layer's init)")
     p.add_argument("--seeds", type=int, default=4)
-    p.add_argument("--distractors", type=int, default=0, help="random pairs written after the N pairs")
+    p.add_argument("--momentum-logit", type=float, default=2.0)
+    p.add_argument("--forget-logit", type=float, default=-4.0)
+    p.add_argument("--filler", type=int, default=0, help="copies of one filler pair written after the N pairs")
     p.add_argument("--rules", default="all", help="';'-separated names of RULES, or all")
     p.add_argument("--out", default="experiments/recall/results/capacity.json")
     args = p.parse_args()
     torch.set_num_threads(1)
-    momentum, forget = 1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(4.0))
+    momentum, forget = 1 / (1 + math.exp(-args.momentum_logit)), 1 / (1 + math.exp(-args.forget_logit))
     rules = RULES if args.rules == "all" else {name: RULES[name] for name in args.rules.split(";")}
     sizes = [int(s) for s in args.sizes.split(",")]
     rows = []
@@ -120,7 +125,7 @@ def main() -> None:
                     continue
                 for n in sizes:
                     scores = [retrieval(rule, *pairs(n, args.dim, args.value_std, s), lr, momentum, forget, chunk,
-                                        args.distractors) for s in range(args.seeds)]
+                                        args.filler) for s in range(args.seeds)]
                     row = {"rule": name, "lr": lr, "chunk": chunk, "pairs": n, **step}
                     for key in ("cosine", "accuracy", "read_norm"):
                         row[key] = sum(sc[key] for sc in scores) / len(scores)

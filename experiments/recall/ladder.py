@@ -103,6 +103,12 @@ def build(variant: Variant, recipe: MQARRecipe, args: argparse.Namespace, arch: 
     return model
 
 
+def write(args: argparse.Namespace, rows: list[dict]) -> None:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+
+
 def main() -> None:
     defaults = MQARRecipe()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -137,6 +143,7 @@ def main() -> None:
                 print(f"{args.arch} {name:28s} seed {seed}  diverged: {error}", flush=True)
                 rows.append({"variant": name, "arch": args.arch, "seed": seed, "diverged": str(error),
                              "beyond": 0.0, "near": 0.0, "train_seconds": time.perf_counter() - start})
+                write(args, rows)
                 continue
             seconds = time.perf_counter() - start
             scores = mqar_accuracy_by_distance(model, recipe, args.depth * args.window)
@@ -146,9 +153,7 @@ def main() -> None:
             rows.append(row)
             print(f"{args.arch} {name:28s} seed {seed}  beyond {row['beyond']:.3f}  near {row['near']:.3f}  "
                   f"loss {row['final_loss']:.3f}  {seconds:5.0f}s", flush=True)
-            out = Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
+            write(args, rows)
 
 
 if __name__ == "__main__":
