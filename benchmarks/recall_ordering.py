@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    report = {"args": vars(args), "parameter_target": target, "mlp_ratios": ratios, "reach": reach, "threads": torch.get_num_threads(),
+    report = {"args": vars(args), "parameter_target": target, "mlp_ratios": ratios, "reach": reach,
+              "threads": torch.get_num_threads(),
               "torch": torch.__version__, "machine": platform.machine(), "runs": runs}
     for arch in args.archs:
         for task in args.tasks:

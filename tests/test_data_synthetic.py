@@ -115,7 +115,8 @@ def test_synthetic_tasks_are_seeded():
         SyntheticTask("sorting", 64)
 
 
-@pytest.mark.parametrize("seq_len,vocab,depth", [(3, 6, 0.0), (40, 64, 0.0), (40, 64, 0.5), (41, 64, 1.0), (200, 16, 0.3)])
+@pytest.mark.parametrize("seq_len,vocab,depth",
+                         [(3, 6, 0.0), (40, 64, 0.0), (40, 64, 0.5), (41, 64, 1.0), (200, 16, 0.3)])
 def test_key_needle_places_one_pair_and_asks_its_key_last(seq_len, vocab, depth):
     rng = np.random.default_rng(seq_len)
     inputs, targets = key_needle_example(rng, seq_len, vocab, depth)
@@ -128,7 +129,7 @@ def test_key_needle_places_one_pair_and_asks_its_key_last(seq_len, vocab, depth)
     key, value = inputs[start], inputs[start + 1]
     assert 1 <= key < half and inputs[-1] == key
     assert np.count_nonzero(inputs == key) == 2  # the haystack never repeats the needle's key
-    assert np.all((inputs[inputs < half] >= 1))
+    assert np.all(inputs[inputs < half] >= 1)
     assert targets[-1] == value and np.all(targets[:-1] == IGNORE)
 
 
