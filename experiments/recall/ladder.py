@@ -77,6 +77,8 @@ VARIANTS: dict[str, Variant] = {
     "mlp-zero-maxlr0.1-mom-4-forget-8": Variant(_titans(name="mlp", architecture=MemoryArchitecture(**_MLP)),
                                                 zero_last=True, layer={"max_lr": 0.1},
                                                 gate_bias={"momentum": -4.0, "forget": -8.0}),
+    "titans-mom-4-forget-8-chunk8": Variant(get_rule("titans"), chunk_size=8,
+                                            gate_bias={"momentum": -4.0, "forget": -8.0}),
     "mlp+res-chunk8": Variant(_titans(name="mlp+res", architecture=MemoryArchitecture(**_MLP, residual=True)),
                               chunk_size=8),
 }
