@@ -130,23 +130,3 @@ def test_hope_adaptation_persists_inside_scope_and_is_undone_after():
 def test_adapt_needs_fast_weights():
     with pytest.raises(ValueError, match="arch 'transformer' has no fast weights"):
         small_model("transformer").adapt(torch.randint(0, 256, (1, 4)))
-
-
-def test_mac_gates_its_attention_output_by_the_normalised_memory_read():
-    """o = y ⊙ σ(w ⊙ m / rms(m)) with y the attention output and m the fresh memory read: every output channel
-    is the attention's, scaled by a factor in (0, 1)."""
-    from ttmem.models.titans import MemoryAsContext
-
-    config = ModelConfig(arch="mac", dim=16, heads=2, segment_len=8, chunk_size=4, persistent_tokens=2)
-    mixer = MemoryAsContext(config)
-    with torch.no_grad():
-        mixer.memory_norm.weight.uniform_(0.5, 2.0)
-    seen = {}
-    mixer.attention.register_forward_hook(lambda m, i, o: seen.setdefault("y", []).append(o[0]))
-    mixer.memory.register_forward_hook(lambda m, i, o: seen.setdefault("m", []).append(o[0]))
-    out, _ = mixer(torch.randn(2, 13, 16, generator=torch.Generator().manual_seed(0)))
-    y, m = torch.cat(seen["y"], 1), torch.cat(seen["m"], 1)
-    scale = m * torch.rsqrt(m.pow(2).mean(-1, keepdim=True) + config.norm_eps) * mixer.memory_norm.weight
-    torch.testing.assert_close(out, y / (1 + torch.exp(-scale)))
-    factor = out / y
-    assert bool(((factor > 0) & (factor < 1)).all())
