@@ -3,11 +3,7 @@
 - ``MemoryAsContext`` (MAC): the sequence is cut into segments of ``segment_len`` tokens. For each
   segment: read the memory (as it stood at the segment start) with the segment's queries,
   h = M*(x); attend over [persistent ‖ h ‖ segment]; write the attention output y into the memory
-  and combine it with a fresh read of the updated memory, o = y ⊗ M(y), where ⊗ is the paper's gating:
-  the memory read is normalised with learned per-channel weights and passed through a sigmoid,
-  o = y ⊙ σ(norm(M(y))). A plain product y ⊙ M(y) of two sublayer outputs that start near 0.05 and
-  0.015 RMS left the mixer's output at about 1e−3 RMS and its gradients as small, and MAC learned
-  neither recall past its segment nor within it (docs/recall.md).
+  and combine it with a fresh read of the updated memory, o = y ⊗ M(y).
 - ``MemoryAsGate`` (MAG): sliding-window attention and the memory read the same input in parallel;
   both outputs are RMS-normalised (learned per-channel weights) and mixed by a learned gate
   g = sigmoid(W_g x): o = W_o (g ⊙ norm(attn) + (1 − g) ⊙ norm(mem)).
@@ -91,7 +87,6 @@ class MemoryAsContext(nn.Module):
         self.segment_len = config.segment_len
         self.memory = neural_memory(config)
         self.attention = attention(config, None)
-        self.memory_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
 
     def _retrieve(self, piece: Tensor, segment_memory: NeuralMemoryState, conv: Tensor | None) -> tuple[Tensor, Any]:
         """Read the segment-start weights with the piece's queries; the short conv runs over the retrieval
@@ -121,7 +116,7 @@ class MemoryAsContext(nn.Module):
             retrieved, conv = self._retrieve(piece, segment_memory, conv)
             attended, cache = self.attention(piece, cache, memory_tokens=retrieved)
             fresh, memory = self.memory(attended, memory)
-            outputs.append(attended * torch.sigmoid(self.memory_norm(fresh)))
+            outputs.append(attended * fresh)
             offset = (offset + end - begin) % self.segment_len
             begin = end
         return torch.cat(outputs, dim=1), MACState(memory, segment_memory, conv, cache, offset)
