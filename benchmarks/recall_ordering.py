@@ -18,7 +18,7 @@ cosine, loss on the answers only):
 Prints one table (mean over seeds and the min–max spread) and writes every run to JSON (``--out``), rewritten
 after each run so an interrupted sweep keeps what finished. The summary says which of the papers' claims hold in
 the table: the Titans memories (lmm, mac) at least DeltaNet minus 0.05 past the window, and DeltaNet far above
-the sliding-window Transformer there.
+the sliding-window Transformer there (read as at least 0.2 above).
 """
 
 from __future__ import annotations
@@ -133,9 +133,10 @@ def claims(table: dict[str, dict[str, list[float]]]) -> list[str]:
                 holds = mean[arch] >= mean["deltanet"] - 0.05
                 out.append(f"{arch} >= deltanet - 0.05 past the window: {'holds' if holds else 'does not hold'} "
                            f"({mean[arch]:.3f} vs {mean['deltanet']:.3f})")
-        if "swa_transformer" in mean:
-            holds = mean["deltanet"] > mean["swa_transformer"] + 0.3
-            out.append(f"deltanet >> swa_transformer past the window: {'holds' if holds else 'does not hold'} "
+        if "swa_transformer" in mean:  # ">>" read as at least 0.2 above
+            holds = mean["deltanet"] >= mean["swa_transformer"] + 0.2
+            verdict = "holds" if holds else "does not hold"
+            out.append(f"deltanet >> swa_transformer (by >= 0.2) past the window: {verdict} "
                        f"({mean['deltanet']:.3f} vs {mean['swa_transformer']:.3f})")
     return out
 

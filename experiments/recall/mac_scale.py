@@ -1,8 +1,9 @@
-"""Scale of MAC's mixer output at initialisation: the raw product y ⊙ M(y) against the gated y ⊙ σ(norm(M(y))).
+"""Scale of MAC's mixer output at initialisation: the raw product y ⊙ M(y) against a gated y ⊙ σ(norm(M(y))).
 
 Builds ``mac-tiny`` narrowed to the MQAR recipe's shape, runs one batch of MQAR inputs, and records per MAC layer
 the RMS of the mixer's input (the normalised residual stream), of the attention output y, of the fresh memory read
-M(y), of their raw product, and of the gated output the layer now returns.
+M(y), of the layer's output (the raw product), and of the gated form with a unit-weight RMS norm, a candidate that
+was trained and did not help measurably (docs/recall.md).
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python experiments/recall/mac_scale.py \
         --out experiments/recall/results/mac_scale.json
@@ -59,7 +60,8 @@ def main() -> None:
     for index, seen in rows:
         y, m = torch.cat(seen["y"], 1), torch.cat(seen["m"], 1)
         row = {"layer": index, "input": rms(seen["x"][0]), "attention_y": rms(y), "memory_read": rms(m),
-               "raw_product": rms(y * m), "gated_output": rms(seen["o"][0])}
+               "layer_output": rms(seen["o"][0]), "raw_product": rms(y * m),
+               "gated": rms(y * torch.sigmoid(m * torch.rsqrt(m.pow(2).mean(-1, keepdim=True) + 1e-5)))}
         report.append(row)
         print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
     out = Path(args.out)
