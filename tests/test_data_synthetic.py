@@ -13,6 +13,7 @@ from ttmem.data import (
     ByteTokenizer,
     SyntheticTask,
     copy_example,
+    key_needle_example,
     mqar_example,
     needle_example,
 )
@@ -112,3 +113,31 @@ def test_synthetic_tasks_are_seeded():
         assert not np.array_equal(a[0], c[0])
     with pytest.raises(ValueError, match="unknown synthetic task"):
         SyntheticTask("sorting", 64)
+
+
+@pytest.mark.parametrize("seq_len,vocab,depth",
+                         [(3, 6, 0.0), (40, 64, 0.0), (40, 64, 0.5), (41, 64, 1.0), (200, 16, 0.3)])
+def test_key_needle_places_one_pair_and_asks_its_key_last(seq_len, vocab, depth):
+    rng = np.random.default_rng(seq_len)
+    inputs, targets = key_needle_example(rng, seq_len, vocab, depth)
+    half = vocab // 2
+    assert inputs.shape == targets.shape == (seq_len,)
+    values = np.nonzero(inputs >= half)[0]
+    assert len(values) == 1  # the needle's value is the only value-range token
+    start = values[0] - 1
+    assert start == round(depth * (seq_len - 3))
+    key, value = inputs[start], inputs[start + 1]
+    assert 1 <= key < half and inputs[-1] == key
+    assert np.count_nonzero(inputs == key) == 2  # the haystack never repeats the needle's key
+    assert np.all(inputs[inputs < half] >= 1)
+    assert targets[-1] == value and np.all(targets[:-1] == IGNORE)
+
+
+def test_key_needle_rejects_bad_arguments():
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="depth"):
+        key_needle_example(rng, 16, 64, 1.5)
+    with pytest.raises(ValueError, match="seq_len"):
+        key_needle_example(rng, 2, 64, 0.5)
+    with pytest.raises(ValueError, match="vocab_size"):
+        key_needle_example(rng, 16, 4, 0.5)

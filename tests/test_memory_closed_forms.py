@@ -86,8 +86,9 @@ def test_objective_gradient_matches_autograd(objective):
     MemoryArchitecture("linear"),
     MemoryArchitecture("mlp", depth=3, expansion=2.0, activation="silu"),
     MemoryArchitecture("mlp", depth=2, activation="gelu", residual_norm=True),
+    MemoryArchitecture("mlp", depth=2, activation="gelu", residual=True),
     MemoryArchitecture("lowrank", rank=3),
-], ids=["linear", "mlp3-silu", "mlp2-residual-norm", "lowrank"])
+], ids=["linear", "mlp3-silu", "mlp2-residual-norm", "mlp2-residual", "lowrank"])
 def test_gradcheck_per_architecture(arch):
     """Second-order-safe gradients of the chunked engine, checked by finite differences."""
     rule = MemoryRule("probe", arch, Objective("l2"), momentum=True, forgetting=True)
@@ -100,3 +101,16 @@ def test_gradcheck_per_architecture(arch):
         return out.sum() + sum(w.sum() for w in state.weights)
 
     assert torch.autograd.gradcheck(fn, tuple(inputs[n] for n in names), eps=1e-6, atol=1e-6)
+
+
+def test_plain_residual_memory_is_input_plus_mlp_and_excludes_the_norm_form():
+    arch = MemoryArchitecture("mlp", depth=2, activation="gelu", residual=True)
+    gen = torch.Generator().manual_seed(0)
+    w1, w2 = torch.randn(12, 3, generator=gen), torch.randn(3, 12, generator=gen)
+    x = torch.randn(5, 3, generator=gen)
+    expected = x + torch.nn.functional.gelu(x @ w1.T) @ w2.T
+    torch.testing.assert_close(arch.forward((w1, w2), x), expected)
+    with pytest.raises(ValueError, match="exclusive"):
+        MemoryArchitecture("mlp", depth=2, residual=True, residual_norm=True)
+    with pytest.raises(ValueError, match="dim_k == dim_v"):
+        arch.shapes(3, 4)

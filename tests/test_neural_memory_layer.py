@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from ttmem.layers import NeuralMemory
+from ttmem.layers.neural_memory import GATE_MODES
 from ttmem.memory import RULES
 
 
@@ -87,3 +90,29 @@ def test_layer_errors():
     layer = NeuralMemory(8)
     with pytest.raises(ValueError, match="x must have shape"):
         layer(torch.randn(2, 3, 7))
+
+
+@pytest.mark.parametrize("gate_mode", GATE_MODES)
+@pytest.mark.parametrize("rule", ["titans", "gated_delta", "delta"])
+def test_gates_start_at_their_documented_values(rule, gate_mode):
+    """Step size sigmoid(−2) ≈ 0.12, momentum keep sigmoid(−4) ≈ 0.018, forget sigmoid(−8) ≈ 3.4e-4, whatever
+    the input (the gate projections start at zero)."""
+    layer = NeuralMemory(16, heads=2, chunk_size=4, rule=rule, gate_mode=gate_mode, max_lr=0.5)
+    gates, _ = layer._gates(torch.randn(3, 9, 16), None)
+    expected = {"lr": 0.5 / (1 + math.exp(2.0)), "momentum": 1 / (1 + math.exp(4.0)), "forget": 1 / (1 + math.exp(8.0))}
+    present = {"lr", "momentum", "forget"} - ({"momentum"} if not layer.rule.momentum else set()) - (
+        {"forget"} if not layer.rule.forgetting else set())
+    assert set(gates) == present
+    for name, value in gates.items():
+        torch.testing.assert_close(value, torch.full((3, 9, 2), expected[name]), rtol=1e-6, atol=0)
+
+
+def test_gate_init_overrides_and_rejects_bad_values():
+    layer = NeuralMemory(16, heads=2, rule="titans", gate_init={"momentum": 0.9, "forget": 0.01})
+    gates, _ = layer._gates(torch.randn(1, 3, 16), None)
+    torch.testing.assert_close(gates["momentum"], torch.full((1, 3, 2), 0.9))
+    torch.testing.assert_close(gates["forget"], torch.full((1, 3, 2), 0.01))
+    with pytest.raises(ValueError, match="gate_init\\['forget'\\] must be in \\(0, 1\\)"):
+        NeuralMemory(16, rule="titans", gate_init={"forget": 1.0})
+    with pytest.raises(ValueError, match="gate_init keys"):
+        NeuralMemory(16, rule="titans", gate_init={"decay": 0.5})

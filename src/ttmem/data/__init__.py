@@ -14,6 +14,7 @@ from ttmem.data.synthetic import (
     NeedleExample,
     SyntheticTask,
     copy_example,
+    key_needle_example,
     mqar_example,
     needle_example,
 )
@@ -39,6 +40,7 @@ __all__ = [
     "NeedleExample",
     "SyntheticTask",
     "copy_example",
+    "key_needle_example",
     "mqar_example",
     "needle_example",
     "ByteTokenizer",

@@ -13,6 +13,10 @@ the loss is off; the loss is on the answers only. Design choices:
   points of [0, 1]. The default template is shorter than RULER's so that short byte-level contexts
   still leave room for the haystack; template="ruler" uses RULER's wording.
 - Copying: random tokens, a separator, then the same tokens again (loss on the copy).
+- Key needle: the needle task in MQAR's vocabulary, for models too small to read text: a haystack of
+  key-range tokens, one (key, value) pair at a chosen depth (the only value-range token in the sequence),
+  and the key again as the last token, whose target is the value. Nothing but the needle's own
+  key is followed by a value, so the task is one association recalled across the haystack.
 """
 
 from __future__ import annotations
@@ -113,6 +117,31 @@ def mqar_example(
     targets = np.full(seq_len, IGNORE, dtype=np.int64)
     targets[context + 2 * gaps] = values  # predicted at the query key itself
     return example[:-1], targets
+
+
+def key_needle_example(
+    rng: np.random.Generator, seq_len: int, vocab_size: int, depth: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """One key-needle example: inputs [seq_len], targets [seq_len] (the value at the last position, else
+    -100). The haystack is drawn from the keys [1, vocab_size // 2) other than the needle's key; the
+    needle (key, value) starts at position round(depth * (seq_len - 3)), so depth 0 is the first token and
+    depth 1 ends the needle just before the query."""
+    if not 0.0 <= depth <= 1.0:
+        raise ValueError(f"depth must be in [0, 1], got {depth}")
+    if seq_len < 3:
+        raise ValueError(f"seq_len must be >= 3 (needle key, value, query), got {seq_len}")
+    half = vocab_size // 2
+    if half < 3:
+        raise ValueError(f"vocab_size must be >= 6 (two haystack keys besides the needle's), got {vocab_size}")
+    key = int(rng.integers(1, half))
+    value = int(rng.integers(half, vocab_size))
+    others = np.delete(np.arange(1, half), key - 1)
+    inputs = others[rng.integers(len(others), size=seq_len)].astype(np.int64)
+    start = int(round(depth * (seq_len - 3)))
+    inputs[start], inputs[start + 1], inputs[-1] = key, value, key
+    targets = np.full(seq_len, IGNORE, dtype=np.int64)
+    targets[-1] = value
+    return inputs, targets
 
 
 def copy_example(rng: np.random.Generator, seq_len: int, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -81,8 +82,15 @@ def lr_at(step: int, recipe: MQARRecipe) -> float:
     return recipe.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def train_mqar(model: nn.Module, recipe: MQARRecipe, log_every: int = 0) -> list[float]:
-    """Train `model` (CPU or its own device) on MQAR in place; returns the loss of every step."""
+def train_mqar(
+    model: nn.Module,
+    recipe: MQARRecipe,
+    log_every: int = 0,
+    batches: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
+) -> list[float]:
+    """Train `model` (CPU or its own device) on MQAR in place; returns the loss of every step.
+    ``batches(step) -> (inputs, targets)`` replaces the MQAR batches with another task's (same optimiser,
+    schedule and answer-only loss)."""
     device = next(model.parameters()).device
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -97,7 +105,10 @@ def train_mqar(model: nn.Module, recipe: MQARRecipe, log_every: int = 0) -> list
     for step in range(recipe.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, recipe)
-        inputs, targets = mqar_batch(recipe, TRAIN_STREAM, step, recipe.batch_size)
+        if batches is None:
+            inputs, targets = mqar_batch(recipe, TRAIN_STREAM, step, recipe.batch_size)
+        else:
+            inputs, targets = batches(step)
         logits = logits_of(model(torch.from_numpy(inputs).to(device)))
         loss = F.cross_entropy(
             logits.flatten(0, 1), torch.from_numpy(targets).to(device).flatten(), ignore_index=IGNORE

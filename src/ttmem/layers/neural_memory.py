@@ -27,6 +27,15 @@ from ..memory.functional import check_chunk_size, check_input_values, value_chec
 
 GATE_MODES = ("token", "chunk", "fixed")
 FORGET_GATES = ("sigmoid", "mamba2")
+# Gate values at initialisation (before max_lr scales the step): step size θ = sigmoid(−2), momentum keep
+# η = sigmoid(−4), forget α = sigmoid(−8). Momentum and forgetting start nearly off: at the older η = sigmoid(2) and
+# α = sigmoid(−4), a chunk re-applied every write up to 1/(1 − η) ≈ 8 times and a stored pair kept
+# (1 − α)^100 ≈ 16% of itself 100 tokens later, and Titans memories barely learned MQAR (docs/recall.md).
+GATE_INIT = {"lr": 1 / (1 + math.exp(2.0)), "momentum": 1 / (1 + math.exp(4.0)), "forget": 1 / (1 + math.exp(8.0))}
+
+
+def _logit(p: float) -> float:
+    return math.log(p / (1 - p))
 
 
 @dataclass
@@ -41,11 +50,15 @@ class NeuralMemoryState:
 
 
 class NeuralMemory(nn.Module):
-    """Test-time-learning memory layer. Input and output [batch, time, dim]."""
+    """Test-time-learning memory layer. Input and output [batch, time, dim].
+
+    ``gate_init`` overrides the gates' initial values (``GATE_INIT``: "lr", "momentum", "forget", each in (0, 1));
+    the gates stay learned functions of the input either way."""
 
     def __init__(self, dim: int, heads: int = 1, chunk_size: int = 64, rule: str | MemoryRule = "titans",
                  dim_head: int | None = None, conv_kernel: int = 4, gate_mode: str = "token",
-                 max_lr: float = 1.0, recompute: bool = False, forget_gate: str = "sigmoid"):
+                 max_lr: float = 1.0, recompute: bool = False, forget_gate: str = "sigmoid",
+                 gate_init: dict[str, float] | None = None):
         super().__init__()
         if dim < 1 or heads < 1:
             raise ValueError(f"dim and heads must be >= 1, got dim={dim}, heads={heads}")
@@ -72,12 +85,19 @@ class NeuralMemory(nn.Module):
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.conv = nn.Conv1d(3 * inner, 3 * inner, conv_kernel, groups=3 * inner) if conv_kernel > 1 else None
 
-        # Gate order: lr, [momentum], [forget], [threshold]; biases start at a gentle regime.
-        biases = [-2.0]
+        # Gate order: lr, [momentum], [forget], [threshold]; the biases set each gate's value at initialisation.
+        init = {**GATE_INIT, **(gate_init or {})}
+        unknown = set(init) - set(GATE_INIT)
+        if unknown:
+            raise ValueError(f"gate_init keys must be among {sorted(GATE_INIT)}, got {sorted(unknown)}")
+        for name, value in init.items():
+            if not 0 < value < 1:
+                raise ValueError(f"gate_init[{name!r}] must be in (0, 1), got {value}")
+        biases = [_logit(init["lr"])]
         if self.rule.momentum:
-            biases.append(2.0)
+            biases.append(_logit(init["momentum"]))
         if self.rule.forgetting:
-            biases.append(-4.0)
+            biases.append(_logit(init["forget"]))
         if self.rule.objective.uses_threshold:
             biases.append(0.5)
         self.n_gates = len(biases)

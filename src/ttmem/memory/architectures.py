@@ -6,7 +6,10 @@ rank-one product g_i ⊗ x_i that the chunked engine exploits. Weights are plain
 
 - ``linear``: M(k) = W k.
 - ``mlp``: L >= 1 layers with an activation between them, optionally in the residual + norm form
-  M(x) = x + LN(W_L σ(... σ(W_1 x))) with a parameter-free LayerNorm (so all memory weights stay linear maps).
+  M(x) = x + LN(W_L σ(... σ(W_1 x))) with a parameter-free LayerNorm (so all memory weights stay linear maps),
+  or the plain residual form M(x) = x + W_L σ(... σ(W_1 x)) (``residual``). The LayerNorm's backward multiplies
+  the inner gradient by 1 / std of its input; with unit-norm keys and the 1/√fan-in initial weights that input
+  is small and the gain large (about 11 at head width 32), so one write of step θ moves M(k) by more than θ.
 - ``lowrank``: M(k) = U V k with rank r, i.e. a two-layer linear MLP (θMN(r)).
 """
 
@@ -79,7 +82,8 @@ class MemoryArchitecture:
     expansion: float = 4.0
     rank: int = 16
     activation: str = "gelu"
-    residual_norm: bool = False
+    residual_norm: bool = False  # M(x) = x + LN(h)
+    residual: bool = False       # M(x) = x + h
 
     def __post_init__(self) -> None:
         if self.kind not in ("linear", "mlp", "lowrank"):
@@ -90,6 +94,8 @@ class MemoryArchitecture:
             raise ValueError(f"architecture activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         if self.kind == "lowrank" and self.rank < 1:
             raise ValueError(f"architecture rank must be >= 1, got {self.rank}")
+        if self.residual and self.residual_norm:
+            raise ValueError("architecture residual and residual_norm are exclusive (x + h or x + LN(h))")
 
     @property
     def act(self) -> str:
@@ -97,8 +103,8 @@ class MemoryArchitecture:
 
     def shapes(self, dim_k: int, dim_v: int) -> list[tuple[int, int]]:
         """(out, in) of each layer."""
-        if self.residual_norm and dim_k != dim_v:
-            raise ValueError(f"residual_norm memory needs dim_k == dim_v, got {dim_k} and {dim_v}")
+        if (self.residual_norm or self.residual) and dim_k != dim_v:
+            raise ValueError(f"residual memory needs dim_k == dim_v, got {dim_k} and {dim_v}")
         if self.kind == "linear" or (self.kind == "mlp" and self.depth == 1):
             return [(dim_v, dim_k)]
         if self.kind == "lowrank":
@@ -113,7 +119,13 @@ class MemoryArchitecture:
             h = h @ w.mT
             if i < len(weights) - 1:
                 h = activation(self.act, h)
-        return x + layer_norm(h) if self.residual_norm else h
+        return self.output(x, h)
+
+    def output(self, x: Tensor, h: Tensor) -> Tensor:
+        """M(x) from the input and the last layer's output h: h, x + h or x + LN(h)."""
+        if self.residual_norm:
+            return x + layer_norm(h)
+        return x + h if self.residual else h
 
     def forward_with_cache(self, weights: tuple[Tensor, ...], x: Tensor) -> tuple[Tensor, list[Tensor], list[Tensor]]:
         """Like ``forward`` but also returns each layer's input and pre-activation (for the backward)."""
@@ -124,8 +136,7 @@ class MemoryArchitecture:
             a = h @ w.mT
             pre.append(a)
             h = activation(self.act, a) if i < len(weights) - 1 else a
-        out = x + layer_norm(h) if self.residual_norm else h
-        return out, inputs, pre
+        return self.output(x, h), inputs, pre
 
     def output_grads(self, weights: tuple[Tensor, ...], pre: list[Tensor], grad_out: Tensor) -> list[Tensor]:
         """Per-token gradients of the loss w.r.t. each layer's output, g^l [..., N, out_l] (closed form)."""

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .architectures import activation, layer_norm
+from .architectures import activation
 from .coefficients import ChunkCoefficients, chunk_coefficients, window_matrix
 from .fused import rank_update, scaled_sum
 from .newton_schulz import newton_schulz
@@ -112,7 +112,7 @@ def _chunk_step(rule: MemoryRule, row: int, q: Tensor, k: Tensor, v: Tensor, thr
         if anchor_grad is not None:
             a = a - d_in.unsqueeze(-1) * (hidden @ anchor_grad[layer].mT)
         hidden = a if layer == len(xs) - 1 else activation(arch.act, a)
-    out = q + layer_norm(hidden) if arch.residual_norm else hidden
+    out = arch.output(q, hidden)
 
     # End state at the chunk's last real token: W = β W + c S − d ∇anchor − Gᵀ diag(A[row]) X, per layer.
     beta_r = beta[:, :, row, None, None]
