@@ -104,14 +104,14 @@ def test_gates_start_at_their_documented_values(rule, gate_mode):
         {"forget"} if not layer.rule.forgetting else set())
     assert set(gates) == present
     for name, value in gates.items():
-        torch.testing.assert_close(value, torch.full((3, 9, 2), expected[name]), rtol=1e-6, atol=0)
+        torch.testing.assert_close(value, torch.full((3, 2, 9), expected[name]), rtol=1e-6, atol=0)  # [B, H, T]
 
 
 def test_gate_init_overrides_and_rejects_bad_values():
     layer = NeuralMemory(16, heads=2, rule="titans", gate_init={"momentum": 0.9, "forget": 0.01})
     gates, _ = layer._gates(torch.randn(1, 3, 16), None)
-    torch.testing.assert_close(gates["momentum"], torch.full((1, 3, 2), 0.9))
-    torch.testing.assert_close(gates["forget"], torch.full((1, 3, 2), 0.01))
+    torch.testing.assert_close(gates["momentum"], torch.full((1, 2, 3), 0.9))  # [B, H, T]
+    torch.testing.assert_close(gates["forget"], torch.full((1, 2, 3), 0.01))
     with pytest.raises(ValueError, match="gate_init\\['forget'\\] must be in \\(0, 1\\)"):
         NeuralMemory(16, rule="titans", gate_init={"forget": 1.0})
     with pytest.raises(ValueError, match="gate_init keys"):
