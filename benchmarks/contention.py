@@ -12,6 +12,7 @@ is the number of cores the job itself would use alone (2 threads: (K + 2) / 2; o
 Policies (how the job's OpenMP threads behave; set before torch starts):
 - ``default``: torch's default, one intra-op thread per core, OpenMP threads spin while they wait;
 - ``passive``: as default, with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep instead of spinning);
+- ``spin-short``: as default, with ``GOMP_SPINCOUNT=10000`` (GNU OpenMP: spin briefly, then sleep);
 - ``threads1``: one intra-op thread (no parallel regions at all).
 
 Writes JSON (``--out``) and prints a Markdown table.
@@ -31,6 +32,7 @@ from pathlib import Path
 POLICIES = {
     "default": ({}, 0),
     "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, 0),
+    "spin-short": ({"GOMP_SPINCOUNT": "10000"}, 0),
     "threads1": ({"OMP_NUM_THREADS": "1"}, 1),
 }
 
@@ -68,7 +70,7 @@ def _busy_processes(count: int) -> list[subprocess.Popen]:
 def measure(policy: str, busy: int, model: str, batch: int, seq: int, steps: int) -> dict:
     """Median step time of one fresh worker under ``policy`` with ``busy`` spinning processes beside it."""
     env_extra, threads = POLICIES[policy]
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     env.update(env_extra)
     spinners = _busy_processes(busy)
     try:

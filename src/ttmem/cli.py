@@ -358,11 +358,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         prefix = f"ttmem {args.command}"
-        # OpenMP threads that sleep while they wait instead of spinning: with other busy processes on the
-        # machine, spinning threads steal the cores that their own preempted siblings need, and a training step's
-        # thousands of small parallel regions each wait for a time slice (measured in benchmarks/contention.py).
-        # Read once when torch loads; a value the user set wins.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        # OpenMP threads that spin only briefly before they sleep: with other busy processes on the machine,
+        # threads that spin long steal the cores their own preempted siblings need, and each of a training step's
+        # thousands of small parallel regions then waits for a time slice; sleeping at once (PASSIVE) costs
+        # speed on an idle machine (benchmarks/contention.py, README). Read once when torch loads; the user's
+        # own OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+        if "OMP_WAIT_POLICY" not in os.environ:
+            os.environ.setdefault("GOMP_SPINCOUNT", "10000")
         with _Interrupts.deferred():
             import torch  # noqa: F401  (every command needs it; loaded here so Ctrl-C cannot cut it)
         with _one_line_warnings(prefix):
