@@ -84,11 +84,11 @@ class _Carry:
         )
 
 
-def _chunk_step(rule: MemoryRule, row: int, q: Tensor, k: Tensor, v: Tensor, thr: Tensor | None, mask: Tensor | None,
+def _chunk_step(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, thr: Tensor | None, mask: Tensor | None,
                 coef: ChunkCoefficients, ref: tuple[Tensor, ...], weights: tuple[Tensor, ...],
                 step: tuple[Tensor, ...] | None, momentum: tuple[Tensor, ...] | None,
                 accum: tuple[Tensor, ...] | None, anchor: tuple[Tensor, ...] | None) -> tuple:
-    """One chunk, as a pure function of its inputs: reads of every token, then the state after token ``row``.
+    """One chunk, as a pure function of its inputs: reads of every token, then the state after its last token.
 
     q [B, H, C, dk]; k, v, thr, mask: the chunk's sources (Omega window's earlier tokens first; mask None when
     every source is real); coef: this chunk's coefficients. Returns (out [B, H, C, dv], weights, step, momentum, accum).
@@ -114,19 +114,19 @@ def _chunk_step(rule: MemoryRule, row: int, q: Tensor, k: Tensor, v: Tensor, thr
         hidden = a if layer == len(xs) - 1 else activation(arch.act, a)
     out = arch.output(q, hidden)
 
-    # End state at the chunk's last real token: W = β W + c S − d ∇anchor − Gᵀ diag(A[row]) X, per layer.
-    beta_r = beta[:, :, row, None, None]
-    read_r = read[:, :, row].unsqueeze(-1)
-    c_r = None if c_in is None else c_in[:, :, row, None, None]
-    d_r = None if d_in is None else -d_in[:, :, row, None, None]
+    # End state at the chunk's last token: W = β W + c S − d ∇anchor − Gᵀ diag(A[−1]) X, per layer.
+    beta_r = beta[:, :, -1, None, None]
+    read_r = read[:, :, -1].unsqueeze(-1)
+    c_r = None if c_in is None else c_in[:, :, -1, None, None]
+    d_r = None if d_in is None else -d_in[:, :, -1, None, None]
     extra = [(c_r, step), (d_r, anchor_grad)]
     new_weights = _advance(beta_r, weights, extra, xs, gs, read_r)
     if accum is not None:
         accum = _advance(beta_r, accum, extra, xs, gs, read_r)
     if momentum is not None:
-        carry_r = coef.carry[:, :, row, None, None]
-        mom_r = coef.momentum[:, :, row].unsqueeze(-1)
-        ma_r = None if anchor_grad is None else -coef.momentum_anchor[:, :, row, None, None]
+        carry_r = coef.carry[:, :, -1, None, None]
+        mom_r = coef.momentum[:, :, -1].unsqueeze(-1)
+        ma_r = None if anchor_grad is None else -coef.momentum_anchor[:, :, -1, None, None]
         extra = [(ma_r, anchor_grad)]
         if rule.newton_schulz_steps:  # the weights see NS(S); the raw buffer and its step advance alike
             step = _advance(carry_r, step, extra, xs, gs, mom_r)
@@ -165,7 +165,6 @@ def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep:
     # Forget-first rules (per token, so one-token chunks) take the gradient on the memory after the token's decay.
     keep_c = _chunks(keep, n, chunk).unbind(2) if rule.forget_first else None
     outputs = []
-    row = chunk - 1
     for i in range(n):
         coef_i = ChunkCoefficients(*(None if c is None else c[i] for c in coef_c))
         ref = carry.ref if keep_c is None else tuple(keep_c[i].unsqueeze(-1) * r for r in carry.ref)
@@ -174,9 +173,9 @@ def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep:
                   ref, carry.weights, carry.step, carry.momentum, carry.accum, carry.anchor)
         if recompute and torch.is_grad_enabled():
             # Keep only the chunk's inputs; its intermediates are rebuilt during the backward.
-            out, weights, step, momentum, accum = checkpoint(_chunk_step, rule, row, *inputs, use_reentrant=False)
+            out, weights, step, momentum, accum = checkpoint(_chunk_step, rule, *inputs, use_reentrant=False)
         else:
-            out, weights, step, momentum, accum = _chunk_step(rule, row, *inputs)
+            out, weights, step, momentum, accum = _chunk_step(rule, *inputs)
         outputs.append(out)
         carry.weights, carry.step, carry.momentum, carry.accum = weights, step, momentum, accum
         if i < n - 1 or last_complete:
