@@ -211,19 +211,21 @@ class Attention(nn.Module):
         q, k, v = self._split_heads(q), self._split_heads(k), self._split_heads(v)
         return self.rotary(q, positions), self.rotary(k, positions), v
 
+    def _kv_projection(self, x: Tensor) -> Tensor:
+        """The key and value part of the q/k/v projection, [..., 2 · heads · dim_head]: no queries nobody reads."""
+        return F.linear(x, self.to_qkv.weight[self.heads * self.dim_head:])
+
     def _keys_values_only(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """k, v of x as [B, H, T, d] (rotary on k), without computing queries nobody reads."""
-        inner = self.heads * self.dim_head
-        k, v = F.linear(x, self.to_qkv.weight[inner:]).chunk(2, dim=-1)
+        """k, v of x as [B, H, T, d], rotary applied to k."""
+        k, v = self._kv_projection(x).chunk(2, dim=-1)
         return self.rotary(self._split_heads(k), positions), self._split_heads(v)
 
     def _persistent_keys_values(self, batch: int) -> tuple[Tensor, Tensor] | None:
         if self.persistent is None:
             return None
-        inner = self.heads * self.dim_head
         # Project the parameter itself, not a view of it (a view made under no_grad has requires_grad set but no
-        # gradient function, which hooks such as FlopCounterMode's cannot handle); queries are not needed.
-        k, v = F.linear(self.persistent, self.to_qkv.weight[inner:])[None].chunk(2, dim=-1)
+        # gradient function, which hooks such as FlopCounterMode's cannot handle); the batch dim comes after.
+        k, v = self._kv_projection(self.persistent)[None].chunk(2, dim=-1)
         k, v = self._split_heads(k), self._split_heads(v)
         return k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
 
