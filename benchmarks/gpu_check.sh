@@ -7,7 +7,8 @@
 # 2. benchmarks/gpu_smoke.py on CUDA: memorize's chunked engine == the token-by-token reference in float64 for
 #    every rule, decode == full forward and CUDA == CPU logits for every architecture,
 # 3. benchmarks/gpu.py on CUDA with the time that is left.
-# The whole script stays under TOTAL_S seconds (default 570, under 10 minutes): each step runs under `timeout`,
+# The whole script stays under TOTAL_S seconds (default 570, under 10 minutes; the tests at most TESTS_S, default
+# 240): each step runs under `timeout`,
 # and gpu.py gets what the first two steps left (it rewrites its JSON and table after every row, so a stopped
 # run keeps what it measured). Logs, JSON and the Markdown table go to RESULTS (default benchmarks/results).
 # PYTHON picks the interpreter (default: .venv/bin/python when present, else python3); extra arguments are
@@ -55,7 +56,8 @@ fi
 # The suite is CPU work: spread it over the cores when pytest-xdist is installed.
 parallel=()
 if "$PYTHON" -c "import xdist" 2>/dev/null; then parallel=(-n "$(( $(nproc) < 8 ? $(nproc) : 8 ))"); fi
-step tests "$(( $(left) < 240 ? $(left) : 240 ))" "$PYTHON" -m pytest -q ${parallel[@]+"${parallel[@]}"}
+TESTS_S=${TESTS_S:-240}
+step tests "$(( $(left) < TESTS_S ? $(left) : TESTS_S ))" "$PYTHON" -m pytest -q ${parallel[@]+"${parallel[@]}"}
 step smoke "$(( $(left) < 90 ? $(left) : 90 ))" "$PYTHON" benchmarks/gpu_smoke.py --device cuda
 limit=$(left)
 # rows that would start in the last minute are skipped, so the row in flight can finish
