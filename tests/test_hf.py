@@ -95,8 +95,8 @@ def test_trained_run_exports_and_loads_with_identical_logits(trained_run, tmp_pa
     ids = torch.randint(0, 256, (2, 45), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, original(ids).logits)
-    checkpoint = sorted((trained_run / "checkpoints").glob("step-*.pt"))[-1]
-    code, _, stderr = run_cli(["export", str(checkpoint), str(out)], capsys)  # a checkpoint file, over an export
+    checkpoint = sorted((trained_run / "checkpoints").glob("step-*"))[-1]
+    code, _, stderr = run_cli(["export", str(checkpoint), str(out)], capsys)  # a checkpoint, over an export
     assert code == 0, stderr
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -107,12 +108,13 @@ def test_checkpoints_are_atomic_and_corrupt_ones_refused(tmp_path, monkeypatch):
         ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path, 6), {"step": 6})
     monkeypatch.setattr(torch, "save", real_save)
     assert ckpt.latest_checkpoint(tmp_path) == good and not list(tmp_path.glob(".*tmp*"))
-    # A temporary file left by a killed process is never listed.
-    (tmp_path / ".step-0000009.pt.tmp-999").write_bytes(b"garbage")
+    # A temporary folder left by a killed process is never listed.
+    (tmp_path / ".step-0000009.tmp-999").mkdir()
     assert ckpt.latest_checkpoint(tmp_path) == good
     assert torch.equal(ckpt.load_checkpoint(good)["w"], torch.ones(2))
-    truncated = tmp_path / "step-0000012.pt"
-    truncated.write_bytes(good.read_bytes()[:100])
+    truncated = ckpt.checkpoint_path(tmp_path, 12)
+    shutil.copytree(good, truncated)
+    (truncated / "trainer.pt").write_bytes((good / "trainer.pt").read_bytes()[:100])
     with pytest.raises(ValueError, match="corrupt or truncated"):
         ckpt.load_checkpoint(truncated)
     torch.save({"weights": 1}, tmp_path / "foreign.pt")

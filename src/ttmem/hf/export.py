@@ -15,7 +15,7 @@ from torch import nn
 
 from ttmem.hf.checks import BYTE_VOCAB_SIZE, CONFIG_FILE, read_export_config
 from ttmem.hf.configuration import NotTtmemExportError
-from ttmem.models.checkpoint import WEIGHTS_FILE, load_model
+from ttmem.models.checkpoint import WEIGHTS_FILE
 from ttmem.models.language_model import LanguageModel
 
 
@@ -65,10 +65,9 @@ def export_run(source: str | Path, out_dir: str | Path) -> Path:
         try:
             read_export_config(source)
         except NotTtmemExportError:
-            model, tokenizer = load_model(source), "bytes"
+            pass
         else:
             raise ValueError(f"{source} is already a Hugging Face export; load it with AutoModelForCausalLM")
-    else:
-        model, payload = load_trained(source)
-        tokenizer = payload.get("train_config", {}).get("tokenizer", "bytes")
+    model, payload = load_trained(source)
+    tokenizer = payload.get("train_config", {}).get("tokenizer", "bytes")
     return export_model(model.eval(), out_dir, tokenizer)

@@ -54,6 +54,7 @@ from ttmem.data import Corpus, CorpusWindows, MixedRows, SyntheticTask, TaskRows
 from ttmem.data.batches import RowSource, make_batch
 from ttmem.eval.metrics import lm_nll_sums, logits_of, summarize_nll, token_nll_sum
 from ttmem.fileio import describe_os_error, remove_stale_temporaries
+from ttmem.models.checkpoint import shared_aliases
 from ttmem.train import checkpoint as ckpt
 from ttmem.train import resume as rs
 from ttmem.train.config import TrainConfig, config_changes, validate
@@ -178,6 +179,7 @@ class Trainer:
         else:
             self.model_record = {"spec": f"<{type(model).__name__} instance>", "args": {}}
         self.module = model.to(self.device)
+        self.tied_names = shared_aliases(self.module)  # before FSDP shards the storages that show the tying
         self.model = wrap_model(
             torch.compile(self.module) if config.compile else self.module,
             self.env,
@@ -224,6 +226,7 @@ class Trainer:
             "step": self.step,
             "tokens": self.tokens,
             "model": model_state,
+            "model_aliases": {k: v for k, v in self.tied_names.items() if k in model_state},
             "optimizer": optim_state,
             "scheduler": self.scheduler.state_dict(),
             "rng": _rng_state(),
@@ -564,4 +567,4 @@ class Trainer:
         )
 
     def _written(self, step: int) -> bool:
-        return ckpt.checkpoint_path(self.checkpoint_dir, step).is_file()
+        return ckpt.checkpoint_path(self.checkpoint_dir, step).exists()
