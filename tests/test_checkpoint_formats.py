@@ -18,11 +18,11 @@ from fault_tools import tiny_train
 from ttmem.cli import main
 from ttmem.data import get_tokenizer, load_corpus
 from ttmem.eval.generation import sample
-from ttmem.eval.metrics import evaluate_lm
 from ttmem.models import ModelConfig, build_model, load_model
 from ttmem.models.checkpoint import CONFIG_FILE, TRAINER_STATE_FILE, WEIGHTS_FILE
 from ttmem.train import Trainer, read_log, resolve_config
 from ttmem.train import checkpoint as ckpt
+from ttmem.train.objective import evaluate_lm
 
 PRESET = ["model=gated_deltanet-tiny", "model_args.dim=32", "model_args.depth=1", "model_args.heads=2"]
 

@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline  # noqa: 
 import ttmem.hf  # noqa: E402
 from ttmem.data import ByteTokenizer  # noqa: E402
 from ttmem.eval.lm_eval_adapter import HarnessAdapter  # noqa: E402
+from ttmem.eval.pipeline import load_trained  # noqa: E402
 from ttmem.hf import (  # noqa: E402
     NotTtmemExportError,
     TtmemByteTokenizer,
@@ -34,7 +35,6 @@ from ttmem.hf import (  # noqa: E402
 from ttmem.hf.modeling import CACHE_FIELD  # noqa: E402
 from ttmem.models import ARCHITECTURES, ModelConfig, build_model, save_model  # noqa: E402
 from ttmem.train import Trainer, resolve_config  # noqa: E402
-from ttmem.train.pipeline import load_trained  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -324,7 +324,7 @@ def test_missing_logging_extras_are_named(tmp_path, text_file, monkeypatch):
 
 
 def test_defaults_are_the_main_job_and_the_baseline_matches_it():
-    from ttmem.train.report import baseline_config
+    from ttmem.eval.report import baseline_config
 
     cfg = resolve_config(None, ["model_args.dim=64"])
     assert (cfg.model, cfg.baseline, cfg.data, cfg.report) == ("mac-tiny", "swa_transformer-tiny", "stdlib", True)

@@ -95,9 +95,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ttmem.eval.report import run_main_job
     from ttmem.train import resolve_config
     from ttmem.train.distributed import shutdown_distributed
-    from ttmem.train.report import run_main_job
 
     config = resolve_config(args.config, [*args.overrides, *args.settings])
     allow = [key.strip() for item in args.allow_changes for key in item.split(",") if key.strip()]
@@ -141,8 +141,8 @@ def _at_least(minimum: int, **values: int | None) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     _at_least(1, seq_len=args.seq_len, eval_tokens=args.eval_tokens, depths=args.depths, samples=args.samples)
     _at_least(0, mqar_pairs=args.mqar_pairs)
+    from ttmem.eval.pipeline import compare, format_table, report_depths
     from ttmem.eval.recall import save_heatmap
-    from ttmem.train.pipeline import compare, format_table, report_depths
 
     try:
         lengths = [int(x) for x in args.needle.split(",") if x.strip()]
@@ -180,7 +180,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     from ttmem.data import get_tokenizer
     from ttmem.eval.generation import sample
-    from ttmem.train.pipeline import load_trained
+    from ttmem.eval.pipeline import load_trained
 
     model, payload = load_trained(args.checkpoint)
     tokenizer = get_tokenizer(payload.get("train_config", {}).get("tokenizer", "bytes"))

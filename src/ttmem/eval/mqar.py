@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ttmem.data import IGNORE, mqar_example, row_rng
-from ttmem.eval.metrics import logits_of
+from ttmem.train.objective import logits_of
 
 TRAIN_STREAM, EVAL_STREAM = 21, 22
 

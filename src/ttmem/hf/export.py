@@ -58,7 +58,7 @@ def export_model(model: nn.Module, out_dir: str | Path, tokenizer: str = "bytes"
 
 def export_run(source: str | Path, out_dir: str | Path) -> Path:
     """Export a run folder (its newest checkpoint), a checkpoint file, or a ``save_model`` directory."""
-    from ttmem.train.pipeline import load_trained
+    from ttmem.eval.pipeline import load_trained
 
     source = Path(source)
     if source.is_dir() and (source / WEIGHTS_FILE).is_file() and (source / CONFIG_FILE).is_file():

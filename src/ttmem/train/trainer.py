@@ -52,7 +52,6 @@ from torch.distributed.checkpoint.state_dict import (
 
 from ttmem.data import Corpus, CorpusWindows, MixedRows, SyntheticTask, TaskRows, get_tokenizer, load_corpus
 from ttmem.data.batches import RowSource, make_batch
-from ttmem.eval.metrics import lm_nll_sums, logits_of, summarize_nll, token_nll_sum
 from ttmem.fileio import describe_os_error, remove_stale_temporaries
 from ttmem.models.checkpoint import shared_aliases
 from ttmem.train import checkpoint as ckpt
@@ -68,6 +67,7 @@ from ttmem.train.distributed import (
 )
 from ttmem.train.logs import RunLogger, append_records, read_log, truncate_log
 from ttmem.train.modelspec import build_from_spec
+from ttmem.train.objective import lm_nll_sums, logits_of, summarize_nll, token_nll_sum
 from ttmem.train.optim import build_optimizer, warmup_cosine
 from ttmem.train.runlock import run_lock
 

@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from ttmem.data import NEEDLE_DEPTHS, Corpus, SyntheticTask, get_tokenizer, load_corpus
-from ttmem.eval.metrics import evaluate_lm
 from ttmem.eval.recall import needle_grid, task_accuracy
 from ttmem.models.checkpoint import RUN_CHECKPOINTS, TRAINER_STATE_FILE, is_model_dir, load_model
 from ttmem.train.checkpoint import latest_checkpoint, load_checkpoint
 from ttmem.train.modelspec import rebuild_model
+from ttmem.train.objective import evaluate_lm
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

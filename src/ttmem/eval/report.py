@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from ttmem.data import get_tokenizer, needle_example
+from ttmem.eval.pipeline import evaluate_model, format_table, load_trained, report_depths
 from ttmem.eval.recall import save_heatmap
 from ttmem.train.checkpoint import list_checkpoints
 from ttmem.train.config import TrainConfig
 from ttmem.train.logs import read_log
 from ttmem.train.modelspec import build_from_spec
-from ttmem.train.pipeline import evaluate_model, format_table, load_trained, report_depths
 from ttmem.train.runlock import run_lock
 from ttmem.train.trainer import Trainer, TrainResult
 
