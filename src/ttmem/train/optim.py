@@ -1,4 +1,6 @@
-"""Optimizers by name and the warm-up + cosine learning-rate schedule.
+"""Optimizers by name, the warm-up + cosine learning-rate schedule, and the update that ends every
+training step (gradient clipping, optimizer step, schedule step), shared by the trainer and by the small
+training loops of evaluation (`ttmem.eval.mqar`).
 
 Design: "adamw", "adam" and "sgd" come from torch; any other name is looked up in `ttmem.optim` (the
 Nested Learning optimizers, by lower-case class name). A name `BASE-VARIANT` picks a variant of an
@@ -92,3 +94,16 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Call
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
+
+
+def clip_gradients(model: nn.Module, max_norm: float) -> float:
+    """Clip the gradients' global norm to `max_norm` (<= 0: no clipping); returns the norm before clipping."""
+    norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else math.inf)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+
+
+def apply_update(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """The end of every training step: apply the optimizer, clear the gradients, advance the schedule."""
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()

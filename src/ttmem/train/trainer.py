@@ -68,7 +68,7 @@ from ttmem.train.distributed import (
 from ttmem.train.logs import RunLogger, append_records, read_log, truncate_log
 from ttmem.train.modelspec import build_from_spec
 from ttmem.train.objective import lm_nll_sums, logits_of, summarize_nll, token_nll_sum
-from ttmem.train.optim import build_optimizer, warmup_cosine
+from ttmem.train.optim import apply_update, build_optimizer, clip_gradients, warmup_cosine
 from ttmem.train.runlock import run_lock
 
 
@@ -347,22 +347,19 @@ class Trainer:
                 objective.backward()
             loss_sum += nll.detach().double()
         loss = float(all_reduce_sum(loss_sum, self.env)) / max(global_count, 1.0)
-        norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+        grad_norm = clip_gradients(self.model, cfg.grad_clip)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             raise self._diverged(
                 f"loss={loss}, grad_norm={grad_norm}; stopped before updating the weights ({self._kept()});"
                 " lower lr or check the data"
             )
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        apply_update(self.optimizer, self.scheduler)
         if self._weights_not_finite():  # an optimizer can overflow on finite gradients; never checkpoint that
             raise self._diverged(
                 f"the {self.config.optimizer} step made weights non-finite (loss={loss}, grad_norm={grad_norm});"
                 f" {self._kept()}; lower lr"
             )
-        self.scheduler.step()
         self.step += 1
         self.tokens += cfg.batch_size * cfg.seq_len
         return loss, grad_norm
