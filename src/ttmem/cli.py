@@ -209,13 +209,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(_: argparse.Namespace) -> int:
-    import importlib
-
     import torch
 
     import ttmem
     from ttmem.data import TASKS
-    from ttmem.train.optim import TORCH_OPTIMIZERS, _optim_registry
+    from ttmem.memory import RULES
+    from ttmem.models import MODEL_PRESETS
+    from ttmem.train.optim import optimizer_names
 
     print(f"ttmem {ttmem.__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
     cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -223,16 +223,9 @@ def _cmd_info(_: argparse.Namespace) -> int:
         f"devices: cpu ({torch.get_num_threads()} threads)"
         + "".join(f", cuda:{i} {n}" for i, n in enumerate(cuda))
     )
-    for label, module, attr in (
-        ("model presets", "ttmem.models", "MODEL_PRESETS"),
-        ("memory rules", "ttmem.memory", "RULES"),
-    ):
-        try:
-            names = sorted(getattr(importlib.import_module(module), attr))
-            print(f"{label}: {', '.join(names)}")
-        except (ImportError, AttributeError) as err:
-            print(f"{label}: unavailable ({err})")
-    print(f"optimizers: {', '.join([*TORCH_OPTIMIZERS, *_optim_registry()])}")
+    print(f"model presets: {', '.join(sorted(MODEL_PRESETS))}")
+    print(f"memory rules: {', '.join(sorted(RULES))}")
+    print(f"optimizers: {', '.join(optimizer_names())}")
     print("datasets: stdlib (embedded), enwik8, hf:NAME[:CONFIG], a text file or folder")
     print(f"synthetic tasks: {', '.join(TASKS)}")
     return 0
