@@ -3,7 +3,6 @@ delta-rule path, the token-by-token reference, and the state carried across call
 
 from .architectures import MemoryArchitecture
 from .functional import IMPLS, initial_state, memorize, run_memory, set_value_checks, value_checks, value_checks_enabled
-from .newton_schulz import newton_schulz
 from .objectives import Objective
 from .retention import Retention
 from .rules import RULES, MemoryRule, get_rule
@@ -11,6 +10,6 @@ from .state import MemoryState
 
 __all__ = [
     "IMPLS", "RULES", "MemoryArchitecture", "MemoryRule", "MemoryState", "Objective", "Retention", "get_rule",
-    "initial_state", "memorize", "newton_schulz", "run_memory", "set_value_checks", "value_checks",
+    "initial_state", "memorize", "run_memory", "set_value_checks", "value_checks",
     "value_checks_enabled",
 ]

@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ttmem.newton_schulz import newton_schulz
+
 from .architectures import activation
 from .coefficients import ChunkCoefficients, chunk_coefficients, window_matrix
 from .fused import rank_update, scaled_sum
-from .newton_schulz import newton_schulz
 from .rules import MemoryRule
 from .state import MemoryState
 
@@ -66,7 +67,7 @@ class _Carry:
     def boundary(self) -> None:
         """Chunk complete: orthogonalise the momentum's step, refresh the retention view, start a new chunk."""
         if self.rule.newton_schulz_steps:
-            self.step = tuple(newton_schulz(s, self.rule.newton_schulz_steps) for s in self.momentum)
+            self.step = tuple(newton_schulz(s, self.rule.newton_schulz_steps, kind="cubic") for s in self.momentum)
         if self.accum is not None:
             self.weights = self.rule.retention.apply_view(self.accum)
         self.ref = self.weights

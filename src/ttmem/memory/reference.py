@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .newton_schulz import newton_schulz
+from ttmem.newton_schulz import newton_schulz
+
 from .rules import MemoryRule
 from .state import MemoryState
 
@@ -69,7 +70,7 @@ def memorize_reference(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Te
         if offset == chunk:
             offset = 0
             if rule.newton_schulz_steps:
-                step_momentum = tuple(newton_schulz(s, rule.newton_schulz_steps) for s in momentum)
+                step_momentum = tuple(newton_schulz(s, rule.newton_schulz_steps, kind="cubic") for s in momentum)
             if accum is not None:
                 weights = rule.retention.apply_view(accum)
             ref = weights

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .newton_schulz import newton_schulz
+from ttmem.newton_schulz import newton_schulz
+
 from .rules import MemoryRule
 from .state import MemoryState
 
@@ -66,7 +67,7 @@ def memorize_token(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor
     if offset == chunk:  # chunk complete: new reference weights, orthogonalised momentum
         offset, ref = 0, None
         if rule.newton_schulz_steps:
-            momentum_step = tuple(newton_schulz(s, rule.newton_schulz_steps) for s in momentum)
+            momentum_step = tuple(newton_schulz(s, rule.newton_schulz_steps, kind="cubic") for s in momentum)
     new_state = MemoryState(weights=weights, momentum=momentum, momentum_step=momentum_step,
                             ref=None if offset == 0 else ref, offset=offset, rule=state.rule)
     return out, new_state

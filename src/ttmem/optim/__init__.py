@@ -8,12 +8,12 @@ standalone batched orthogonalisation other packages can reuse.
 
 import torch
 
+from ttmem.newton_schulz import newton_schulz
 from ttmem.optim.deep_momentum import DeepMomentumGD
 from ttmem.optim.ewc import EWC, estimate_fisher
 from ttmem.optim.m3 import M3, m3_param_groups
 from ttmem.optim.momentum import DeltaRuleMomentum, MomentumGD, PreconditionedMomentum
 from ttmem.optim.nested import NestedDeepMomentumGD
-from ttmem.optim.newton_schulz import newton_schulz
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "m3": M3,

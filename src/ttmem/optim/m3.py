@@ -92,6 +92,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ttmem.newton_schulz import newton_schulz
 from ttmem.optim.base import (
     CheckedOptimizer,
     apply_decoupled_weight_decay,
@@ -103,7 +104,6 @@ from ttmem.optim.base import (
     positive_int,
     reject_sparse,
 )
-from ttmem.optim.newton_schulz import newton_schulz
 
 VARIANTS = ("precondition", "orth-moment", "rms-only", "paper")
 DEFAULT_VARIANT = "precondition"
