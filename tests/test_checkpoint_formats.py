@@ -144,6 +144,8 @@ def test_an_earlier_single_file_checkpoint_loads_for_eval_and_generate_and_load_
 def test_a_run_resumed_from_an_earlier_single_file_checkpoint_continues_exactly(tmp_path, corpus, capsys):
     reference = tmp_path / "reference"
     assert main(tiny_train(reference, corpus, "steps=4")) == 0
+    with pytest.raises(ValueError, match="holds a model built by a custom factory"):  # no config.json to rebuild it
+        load_model(reference)
     legacy = _as_earlier_version(ckpt.checkpoint_path(reference / "checkpoints", 2),
                                  tmp_path / "old" / "checkpoints" / "step-0000002.pt")
     resumed = tmp_path / "resumed"
