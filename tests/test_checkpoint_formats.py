@@ -136,9 +136,10 @@ def test_an_earlier_single_file_checkpoint_loads_for_eval_and_generate_and_load_
     assert stdout == decode(sample(model, encode("def "), 8, 0.8, None, None, 0)) + "\n"
     code, stdout, stderr = run(["generate", str(tmp_path / "old"), "--max-new-tokens", "4"], capsys)  # its folder
     assert code == 0, stderr
-    with pytest.raises(ValueError, match="single-file training checkpoint of an earlier ttmem version") as err:
-        load_model(legacy)
-    assert "\n" not in str(err.value) and "ttmem eval" in str(err.value)
+    for source in (legacy, tmp_path / "old"):  # the file, and a folder holding only such files
+        with pytest.raises(ValueError, match="single-file training checkpoint of an earlier ttmem version") as err:
+            load_model(source)
+        assert "\n" not in str(err.value) and "ttmem eval" in str(err.value)
 
 
 def test_a_run_resumed_from_an_earlier_single_file_checkpoint_continues_exactly(tmp_path, corpus, capsys):

@@ -170,6 +170,10 @@ def resolve_model_dir(path: str | Path) -> Path:
     found = step_dirs(path / RUN_CHECKPOINTS) or step_dirs(path)
     if found:
         return resolve_model_dir(found[-1][1])
+    legacy = sorted(p for folder in (path / RUN_CHECKPOINTS, path) if folder.is_dir() for p in folder.iterdir()
+                    if LEGACY_STEP_FILE.match(p.name))
+    if legacy:
+        return resolve_model_dir(legacy[-1])  # says what to do with it
     raise ValueError(
         f"{path} is not a model directory ({WEIGHTS_FILE} + {CONFIG_FILE}), a training checkpoint or a run "
         "directory with checkpoints"
