@@ -89,6 +89,8 @@ class TrainConfig:
     report: bool = True  # evaluate and write report.md / PNGs at the end
     eval_depths: int = 10  # needle depths per length in the report (of the 40)
     eval_samples: int = 4  # needle examples per (length, depth) cell
+    recall: bool = True  # the report's recall study: both models rebuilt small and trained on MQAR
+    recall_args: dict = field(default_factory=dict)  # RecallStudy overrides, e.g. recall_args.steps=200
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -250,5 +252,16 @@ def validate(config: TrainConfig) -> None:
         raise ValueError(f"config key 'distributed' must be ddp or fsdp, got '{config.distributed}'")
     if not 0.0 <= config.aux_fraction <= 1.0:
         raise ValueError(f"config key 'aux_fraction' must be in [0, 1], got {config.aux_fraction}")
+    if config.recall_args:
+        from ttmem.eval.recall_study import RecallStudy
+
+        known = {f.name for f in dataclasses.fields(RecallStudy)}
+        unknown = sorted(set(config.recall_args) - known)
+        if unknown:
+            raise ValueError(f"config key 'recall_args.{unknown[0]}' is unknown; valid: {', '.join(sorted(known))}")
+        try:
+            RecallStudy(**config.recall_args)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"config key 'recall_args': {err}") from None
     if len(config.betas) != 2:
         raise ValueError(f"config key 'betas' needs two numbers, got {list(config.betas)}")
