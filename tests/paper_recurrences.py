@@ -169,7 +169,8 @@ def titans_family(kind: str, inputs: dict, init: tuple[Tensor, ...], chunk: int)
     """
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
     batch, time = q.shape[:2]
-    loss = {"titans": half_squared_error, "titans_linear": half_squared_error, "atlas": half_squared_error, "memora": half_squared_error,
+    loss = {"titans": half_squared_error, "titans_linear": half_squared_error, "atlas": half_squared_error,
+            "memora": half_squared_error,
             "yaad": huber_error, "moneta": smooth_lp_error}[kind]
     start = _batched(init, batch)
     if kind == "moneta":
