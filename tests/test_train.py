@@ -327,7 +327,8 @@ def test_defaults_are_the_main_job_and_the_baseline_matches_it():
     from ttmem.train.report import baseline_config
 
     cfg = resolve_config(None, ["model_args.dim=64"])
-    assert (cfg.model, cfg.baseline, cfg.data, cfg.report) == ("mac-tiny", "swa_transformer-tiny", "stdlib", True)
+    assert (cfg.model, cfg.baseline, cfg.data, cfg.report, cfg.recall) == (
+        "lmm_linear-tiny", "swa_transformer-tiny", "stdlib", True, True)
     base = baseline_config(cfg)
     assert (base.model, base.model_args, base.baseline, base.report) == (
         "swa_transformer-tiny",
