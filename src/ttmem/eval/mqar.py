@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ttmem.data import IGNORE, mqar_example, row_rng
+from ttmem.progress import progress_bar
 from ttmem.train.objective import logits_of
 from ttmem.train.optim import apply_update, build_optimizer, clip_gradients, warmup_cosine
 
@@ -88,17 +89,19 @@ def train_mqar(
     recipe: MQARRecipe,
     log_every: int = 0,
     batches: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
+    progress_desc: str | None = None,
 ) -> list[float]:
     """Train `model` (CPU or its own device) on MQAR in place; returns the loss of every step.
     ``batches(step) -> (inputs, targets)`` replaces the MQAR batches with another task's (same optimiser,
-    schedule and answer-only loss)."""
+    schedule and answer-only loss); ``progress_desc`` shows a progress bar with that title."""
     device = next(model.parameters()).device
     optimizer = build_optimizer("adamw", model, recipe.lr, recipe.weight_decay, BETAS)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup, recipe.steps, MIN_LR_RATIO))
     model.train()
     losses = []
     start = time.perf_counter()
-    for step in range(recipe.steps):
+    steps = progress_bar(range(recipe.steps), desc=progress_desc, unit="step") if progress_desc else range(recipe.steps)
+    for step in steps:
         if batches is None:
             inputs, targets = mqar_batch(recipe, TRAIN_STREAM, step, recipe.batch_size)
         else:
