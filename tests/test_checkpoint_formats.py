@@ -158,6 +158,11 @@ def test_a_run_resumed_from_an_earlier_single_file_checkpoint_continues_exactly(
         return {r["step"]: r["loss"] for r in read_log(run_dir / "log.jsonl") if "loss" in r}
 
     assert losses(resumed) == {s: v for s, v in losses(reference).items() if s > 2}
+    from_directory = tmp_path / "from_directory"  # --resume-from names one checkpoint directory
+    code, _, stderr = run([*tiny_train(from_directory, corpus, "steps=4"), "--resume-from",
+                           str(ckpt.checkpoint_path(reference / "checkpoints", 2))], capsys)
+    assert code == 0, stderr
+    assert losses(from_directory) == losses(resumed)
     assert [p.name for _, p in ckpt.list_checkpoints(resumed / "checkpoints")] == ["step-0000004"]
     final, expected = (ckpt.load_checkpoint(ckpt.checkpoint_path(r / "checkpoints", 4))["model"]
                        for r in (resumed, reference))

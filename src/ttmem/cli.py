@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
     train.add_argument(
-        "--resume-from", default="", metavar="PATH", help="continue from a checkpoint file, or a run folder's newest"
+        "--resume-from", default="", metavar="PATH", help="continue from a checkpoint, or a run folder's newest"
     )
     train.add_argument(
         "--allow-change",

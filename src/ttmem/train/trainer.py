@@ -53,7 +53,7 @@ from torch.distributed.checkpoint.state_dict import (
 from ttmem.data import Corpus, CorpusWindows, MixedRows, SyntheticTask, TaskRows, get_tokenizer, load_corpus
 from ttmem.data.batches import RowSource, make_batch
 from ttmem.fileio import describe_os_error, remove_stale_temporaries
-from ttmem.models.checkpoint import shared_aliases
+from ttmem.models.checkpoint import TRAINER_STATE_FILE, shared_aliases
 from ttmem.train import checkpoint as ckpt
 from ttmem.train import resume as rs
 from ttmem.train.config import TrainConfig, config_changes, validate
@@ -246,9 +246,9 @@ class Trainer:
 
     def _resume_target(self, resume: bool | str | Path) -> tuple[Path | None, dict[str, Any] | None]:
         """(path, payload) of the checkpoint to resume from: the newest valid one of this run (or of the
-        run folder / checkpoint folder given), or the given file."""
+        run folder / checkpoint folder given), or the given checkpoint (directory, or an earlier version's file)."""
         given = None if resume is True else Path(resume)
-        if given is not None and given.is_file():
+        if given is not None and (given.is_file() or (given / TRAINER_STATE_FILE).is_file()):  # one checkpoint
             return given, ckpt.load_checkpoint(given)
         if given is not None and not given.exists():
             raise ValueError(f"checkpoint not found: {given}")
