@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="versions, devices, available presets, rules, optimizers, datasets")
 
     export = sub.add_parser("export", help="convert a trained run or checkpoint to a Hugging Face model directory")
-    export.add_argument("run_dir", metavar="RUN_DIR", help="run folder, checkpoint file or save_model directory")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="run folder, checkpoint or save_model directory")
     export.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (empty, new, or an earlier export)")
 
     audit = sub.add_parser("audit", help="security instruments: `ttmem audit timing MODEL` (see --help there)",

@@ -1,4 +1,4 @@
-"""Export a trained ttmem model (run folder, checkpoint file or ``save_model`` directory) as a Hugging Face directory.
+"""Export a trained ttmem model (run folder, checkpoint or ``save_model`` directory) as a Hugging Face directory.
 
 The directory holds ``config.json`` (``TtmemConfig``), ``model.safetensors``, ``generation_config.json``, the
 byte tokenizer's ``tokenizer_config.json`` and ``ttmem_auto.py`` (see ``ttmem.hf.auto_module``).
@@ -57,7 +57,8 @@ def export_model(model: nn.Module, out_dir: str | Path, tokenizer: str = "bytes"
 
 
 def export_run(source: str | Path, out_dir: str | Path) -> Path:
-    """Export a run folder (its newest checkpoint), a checkpoint file, or a ``save_model`` directory."""
+    """Export a run folder (its newest checkpoint), a checkpoint (directory, or an earlier version's file), or a
+    ``save_model`` directory."""
     from ttmem.eval.pipeline import load_trained
 
     source = Path(source)
