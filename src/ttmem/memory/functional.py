@@ -251,7 +251,8 @@ def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | 
     """Write (k, v) pairs into a memory that learns at test time, reading it with q after each write.
 
     Args:
-        q, k: [batch, time, heads, dim_k]; v: [batch, time, heads, dim_v]; one floating dtype.
+        q, k: [batch, time, heads, dim_k]; v: [batch, time, heads, dim_v]; one floating dtype. For rules with
+            ``self_targets`` v has width dim_k and the memory's output width is the state's (dim_k without one).
         lr: step size θ_t [batch, time, heads] in [0, 1].
         momentum: momentum keep η_t [batch, time, heads] in [0, 1] (rules with momentum; None means 0).
         forget: forget gate α_t [batch, time, heads] in [0, 1] (None means 0).
@@ -266,7 +267,8 @@ def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | 
         check_values: also check values (NaN, gate ranges, a non-finite result); None follows ``value_checks``.
 
     Returns:
-        out [batch, time, heads, dim_v] (y_t = M_{W_t}(q_t), read after write) and the new ``MemoryState``.
+        out [batch, time, heads, dim_v] (y_t = M_{W_t}(q_t), read after write; M_{W_ref(t)}(q_t) for rules that
+        read at the chunk start) and the new ``MemoryState``.
     """
     rule = get_rule(rule)
     check_chunk_size(chunk_size)
@@ -285,6 +287,11 @@ def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | 
     if batch == 0:
         raise ValueError("q, k, v must have a batch size of at least 1")
     dim_v = v.shape[-1]
+    if rule.self_targets:  # v is what the memory reads its own targets from: the keys' width
+        if dim_v != dim_k:
+            raise ValueError(f"v: rule {rule.name!r} generates its targets M(v) from v, which must have the keys' "
+                             f"width {dim_k}, got {dim_v}")
+        dim_v = dim_k if state is None or not isinstance(state, MemoryState) else state.weights[-1].shape[-2]
     gates = {"lr": lr, "momentum": momentum, "forget": forget, "threshold": threshold}
     for name, g in gates.items():
         if g is not None:
