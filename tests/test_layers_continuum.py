@@ -101,3 +101,11 @@ def test_commit_makes_the_span_start_weights_the_parameters(period):
     level.commit(state)
     assert rel_err(level.w_in.detach(), w_in[0].detach()) <= TOL
     assert rel_err(level.w_out.detach(), w_out[0].detach()) <= TOL
+
+
+def test_bad_arguments():
+    for period in (0, 2.0, True):
+        with pytest.raises(ValueError, match="period"):
+            ContinuumLevel(4, period)
+    with pytest.raises(ValueError, match="x must be"):
+        ContinuumLevel(4, 2)(torch.randn(1, 3, 5))

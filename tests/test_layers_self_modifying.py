@@ -126,3 +126,24 @@ def test_commit_makes_the_chunk_start_projections_the_parameters(chunk):
     layer.commit(state)
     for parameter, expected in zip(layer.projection_init, weights, strict=True):
         assert rel_err(parameter.detach(), expected[0]) <= TOL
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="divisible"):
+        SelfModifyingMemory(10, heads=3)
+    with pytest.raises(ValueError, match="chunk_size"):
+        SelfModifyingMemory(8, heads=2, chunk_size=0)
+    with pytest.raises(ValueError, match="x must be"):
+        SelfModifyingMemory(8, heads=2)(torch.randn(1, 3, 5))
+
+
+def test_long_input_stays_bounded():
+    """Near-maximal steps over 2048 tokens: unit keys and values keep the projection memories contractive."""
+    torch.manual_seed(3)
+    layer = SelfModifyingMemory(16, heads=2, chunk_size=4)
+    with torch.no_grad():
+        layer.step_bias.fill_(3.0)
+        y, state = layer(torch.randn(1, 2048, 16) * 3)
+    assert torch.isfinite(y).all()
+    start = torch.cat(tuple(layer.projection_init), dim=0)
+    assert state.projections.weights[0].norm() < 10 * start.norm()
