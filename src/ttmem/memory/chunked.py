@@ -91,7 +91,8 @@ def _chunk_step(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, thr: Tensor |
     """One chunk, as a pure function of its inputs: reads of every token, then the state after its last token.
 
     q [B, H, C, dk]; k, v, thr, mask: the chunk's sources (Omega window's earlier tokens first; mask None when
-    every source is real; v of the keys' width for ``self_targets`` rules); coef: this chunk's coefficients. Returns (out [B, H, C, dv], weights, step, momentum, accum).
+    every source is real; v of the keys' width for ``self_targets`` rules); coef: this chunk's coefficients.
+    Returns (out [B, H, C, dv], weights, step, momentum, accum).
     """
     arch = rule.architecture
     pred, xs, pre = arch.forward_with_cache(ref, k)
