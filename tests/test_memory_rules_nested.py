@@ -103,3 +103,22 @@ def test_self_targets_output_width_comes_from_the_state():
     assert outs["chunked"][0].shape == (2, 5, 1, 7)
     torch.testing.assert_close(outs["chunked"][0], outs["reference"][0], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(outs["chunked"][1].weights[0], outs["reference"][1].weights[0], rtol=1e-12, atol=1e-12)
+
+
+def test_read_chunk_start_reads_what_the_chunk_reads_without_writing():
+    """Mid-chunk (6 tokens done of a chunk of 4: offset 2), the next tokens' outputs are the chunk-start read."""
+    from ttmem.memory import read_chunk_start
+
+    rule = get_rule("continuum")
+    inputs = make_inputs(rule, time=9, dim=6)
+    first = {name: x[:, :6] for name, x in inputs.items()}
+    rest = {name: x[:, 6:] for name, x in inputs.items()}
+    _, state = memorize(**first, rule=rule, chunk_size=4)
+    before = [w.clone() for w in state.weights]
+    out, _ = memorize(**rest, rule=rule, chunk_size=4, state=state)
+    read = read_chunk_start(rule, rest["q"][:, :2].transpose(1, 2), state).transpose(1, 2)
+    torch.testing.assert_close(read, out[:, :2], rtol=1e-12, atol=1e-12)
+    assert all(torch.equal(a, b) for a, b in zip(before, state.weights))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the state's precision under autocast
+        mixed = read_chunk_start(rule, rest["q"][:, :2].transpose(1, 2), state)
+    assert mixed.dtype == torch.float64

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ttmem.memory import MemoryState, get_rule, initial_state, memorize, run_memory
+from ttmem.memory import MemoryState, get_rule, initial_state, read_chunk_start, run_memory
 
 
 @dataclass
@@ -91,15 +91,14 @@ class SelfModifyingMemory(nn.Module):
 
     def _generate(self, x: Tensor, state: MemoryState) -> tuple[list[Tensor], MemoryState]:
         """Run the projection memories over x a chunk at a time: returns [k, v, step(, forget)] and their state."""
-        rule, arch = self.projection_rule, self.projection_rule.architecture
+        rule = self.projection_rule
         sizes = [p.shape[0] for p in self.projection_init]
         generated: list[list[Tensor]] = [[] for _ in sizes]
         begin = 0
         while begin < x.shape[1]:
             end = min(x.shape[1], begin + self.chunk_size - state.offset)
             span = x[:, begin:end].unsqueeze(1)  # engine layout, one head
-            start_weights = state.ref if state.ref is not None else state.weights
-            outs = list(arch.forward(start_weights, span).squeeze(1).split(sizes, dim=-1))  # reads at the chunk start
+            outs = list(read_chunk_start(rule, span, state).squeeze(1).split(sizes, dim=-1))
             outs[2] = torch.sigmoid(outs[2] + self.step_bias)
             if self.forget_bias is not None:
                 outs[3] = torch.sigmoid(outs[3] + self.forget_bias)
@@ -121,14 +120,15 @@ class SelfModifyingMemory(nn.Module):
         if state is None:
             state = self.initial_state(batch)
         generated, projections = self._generate(x, state.projections)
-        heads = (batch, length, self.heads, self.dim_head)
-        query = F.normalize(self.to_query(x).view(heads), dim=-1)
-        key = F.normalize(generated[0].view(heads), dim=-1)
-        value = generated[1].view(heads)
-        momentum = torch.sigmoid(self.to_momentum(x)) if self.to_momentum is not None else None
-        forget = generated[3] if self.forget_bias is not None else None
-        out, memory = memorize(query, key, value, generated[2], momentum=momentum, forget=forget,
-                               rule=self.rule, chunk_size=self.chunk_size, state=state.memory)
+        heads = (batch, length, self.heads, self.dim_head)  # then the engine layout [B, H, T, ·]
+        query = F.normalize(self.to_query(x).view(heads), dim=-1).transpose(1, 2)
+        key = F.normalize(generated[0].view(heads), dim=-1).transpose(1, 2)
+        value = generated[1].view(heads).transpose(1, 2)
+        momentum = torch.sigmoid(self.to_momentum(x)).transpose(1, 2) if self.to_momentum is not None else None
+        keep = 1 - generated[3].transpose(1, 2) if self.forget_bias is not None else None
+        out, memory = run_memory(self.rule, query, key, value, generated[2].transpose(1, 2), keep, momentum, None,
+                                 self.chunk_size, state.memory)
+        out = out.transpose(1, 2)
         state = SelfModifyingState(projections, memory)
         out = self.out_norm(out).reshape(batch, length, self.dim) * F.silu(self.to_out_gate(x))
         return self.to_out(out), state

@@ -244,6 +244,19 @@ def run_memory(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, ke
     return out, new_state
 
 
+def read_chunk_start(rule: MemoryRule, q: Tensor, state: MemoryState) -> Tensor:
+    """M_{W_ref}(q): what a rule that reads at the chunk start (``read_at_chunk_start``) returns for tokens of the
+    chunk that ``state`` is in, without writing. Engine layout: q [B, H, T, dk] -> [B, H, T, dv]. A layer whose
+    gates come from these reads (HOPE's projection memories) reads, makes the gates, then writes with
+    ``run_memory``. Under autocast it runs in the state's precision, like ``run_memory``."""
+    weights = state.ref if state.ref is not None else state.weights
+    device = q.device.type
+    if torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            return rule.architecture.forward(weights, q.to(weights[0].dtype))
+    return rule.architecture.forward(weights, q)
+
+
 def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | None = None,
              forget: Tensor | None = None, rule: str | MemoryRule = "titans", chunk_size: int = 64,
              state: MemoryState | None = None, impl: str = "auto", threshold: Tensor | None = None,
