@@ -16,14 +16,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from layer_cases import assert_same_outputs_and_gradients, rel_err, run_in_calls
 
 from ttmem.layers.continuum import ContinuumLevel
 
 TOL = 1e-10
 
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-30))
 
 
 def reference(level: ContinuumLevel, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -60,10 +58,6 @@ def make_level(dim: int, period: int, seed: int) -> ContinuumLevel:
     return level
 
 
-def functional(outputs: torch.Tensor, seed: int = 7) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return (outputs * torch.randn(outputs.shape, generator=gen, dtype=outputs.dtype)).sum()
-
 
 @pytest.mark.parametrize("period", [1, 3, 8])
 @pytest.mark.parametrize("cuts", [(), (5,), (1, 2, 9)], ids=["whole", "two-calls", "four-calls"])
@@ -73,19 +67,9 @@ def test_level_equals_token_loop(period, cuts):
     level = make_level(6, period, seed=period)
     x = torch.randn(2, 17, 6, dtype=torch.float64, requires_grad=True)
     after = torch.randn(2, 6, 6, dtype=torch.float64, requires_grad=True)
-    state, pieces = None, []
-    for start, stop in zip((0, *cuts), (*cuts, 17)):
-        y, state = level(x[:, start:stop], state)
-        pieces.append(y)
-    y_after, _ = level(after, state)
-    got = torch.cat([*pieces, y_after], dim=1)
+    got = run_in_calls(level, x, cuts, after)
     expected, _ = reference(level, torch.cat([x, after], dim=1))
-    assert rel_err(got, expected) <= TOL
-    leaves = [x, after, *level.parameters()]
-    g1 = torch.autograd.grad(functional(got), leaves)
-    g2 = torch.autograd.grad(functional(expected), leaves)
-    for a, b in zip(g1, g2, strict=True):
-        assert rel_err(a, b) <= TOL
+    assert_same_outputs_and_gradients(got, expected, [x, after, *level.parameters()], TOL)
     if period < 17:  # the fast weights really moved: frozen weights give other outputs
         frozen = torch.einsum("bth,dh->btd", F.silu(x @ level.w_in.T), level.w_out)
         assert rel_err(got[:, period:17], frozen[:, period:]) > 1e-3

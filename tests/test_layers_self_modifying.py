@@ -18,15 +18,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from layer_cases import assert_same_outputs_and_gradients, rel_err, run_in_calls
 
 from ttmem.layers.self_modifying import SelfModifyingMemory
 from ttmem.memory import initial_state, memorize
 
 TOL = 1e-10
 
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-30))
 
 
 def projection_memories(layer: SelfModifyingMemory, x: torch.Tensor) -> tuple[list[torch.Tensor], list]:
@@ -85,10 +83,6 @@ def make_layer(rule: str, chunk: int, seed: int) -> SelfModifyingMemory:
     return layer
 
 
-def functional(outputs: torch.Tensor, seed: int = 7) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return (outputs * torch.randn(outputs.shape, generator=gen, dtype=outputs.dtype)).sum()
-
 
 @pytest.mark.parametrize("rule", ["titans", "delta"])
 @pytest.mark.parametrize("chunk", [1, 3])
@@ -99,21 +93,9 @@ def test_layer_equals_token_loop(rule, chunk, cuts):
     layer = make_layer(rule, chunk, seed=chunk)
     x = torch.randn(2, 10, 8, dtype=torch.float64, requires_grad=True)
     after = torch.randn(2, 5, 8, dtype=torch.float64, requires_grad=True)
-    state, pieces = None, []
-    for start, stop in zip((0, *cuts), (*cuts, 10)):
-        y, state = layer(x[:, start:stop], state)
-        pieces.append(y)
-    y_after, _ = layer(after, state)
-    got = torch.cat([*pieces, y_after], dim=1)
+    got = run_in_calls(layer, x, cuts, after)
     expected, _ = reference(layer, torch.cat([x, after], dim=1))
-    assert rel_err(got, expected) <= TOL
-    leaves = [x, after, *layer.parameters()]
-    g1 = torch.autograd.grad(functional(got), leaves, allow_unused=True)
-    g2 = torch.autograd.grad(functional(expected), leaves, allow_unused=True)
-    for a, b in zip(g1, g2, strict=True):
-        assert (a is None) == (b is None)
-        if b is not None:
-            assert rel_err(a, b) <= TOL
+    assert_same_outputs_and_gradients(got, expected, [x, after, *layer.parameters()], TOL)
 
 
 @pytest.mark.parametrize("chunk", [1, 4])
