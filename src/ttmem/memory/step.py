@@ -42,21 +42,20 @@ def memorize_token(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor
     target = arch.forward(at, v) if rule.self_targets else v
     gs = arch.output_grads(at, pre, rule.objective.grad(pred, target, thr))
     theta = lr.unsqueeze(-1)  # [B, H, 1, 1]
-    # Per layer the token's weight gradient g xᵀ, as a matmul (so FLOP counters see the rank-one product).
-    grads = tuple(g.mT @ x for g, x in zip(gs, xs))
+    # Per layer the token's scaled weight gradient −θ g xᵀ, as a matmul (so FLOP counters see the rank-one
+    # product), with θ applied to the small factor g rather than to the weight-sized product.
+    scaled = tuple((-theta * g).mT @ x for g, x in zip(gs, xs))
 
-    momentum, step = state.momentum, None
+    momentum, step = state.momentum, scaled
     momentum_step = state.momentum_step
     if momentum is not None:
         keep_m = 0.0 if eta is None else eta.unsqueeze(-1)
-        momentum = tuple(keep_m * s - theta * u for s, u in zip(momentum, grads))
+        momentum = tuple(keep_m * s + u for s, u in zip(momentum, scaled))
         if momentum_step is not None:  # Newton–Schulz rules: the weights see the orthogonalised buffer
-            momentum_step = tuple(keep_m * s - theta * u for s, u in zip(momentum_step, grads))
+            momentum_step = tuple(keep_m * s + u for s, u in zip(momentum_step, scaled))
             step = momentum_step
         else:
             step = momentum
-    else:
-        step = tuple(-theta * u for u in grads)
     if keep is None:
         weights = tuple(w + s for w, s in zip(state.weights, step))
     else:
