@@ -35,8 +35,11 @@ def outer(a: Tensor, b: Tensor) -> Tensor:
     return a.unsqueeze(-1) * b.unsqueeze(-2)
 
 
-def mlp_memory(weights: tuple[Tensor, Tensor], x: Tensor) -> Tensor:
-    """The Titans-family memory: M(x) = x + LN(W₂ GELU(W₁ x)), LayerNorm without parameters."""
+def mlp_memory(weights: tuple[Tensor, ...], x: Tensor) -> Tensor:
+    """The Titans-family memory: M(x) = x + LN(W₂ GELU(W₁ x)), LayerNorm without parameters; with one weight
+    matrix (the paper's L_M = 1) the plain matrix memory M(x) = W x."""
+    if len(weights) == 1:
+        return linear_read(weights[0], x)
     h = F.gelu(linear_read(weights[0], x))
     y = linear_read(weights[1], h)
     mean = y.mean(-1, keepdim=True)
@@ -166,7 +169,8 @@ def titans_family(kind: str, inputs: dict, init: tuple[Tensor, ...], chunk: int)
     """
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
     batch, time = q.shape[:2]
-    loss = {"titans": half_squared_error, "atlas": half_squared_error, "memora": half_squared_error,
+    loss = {"titans": half_squared_error, "titans_linear": half_squared_error, "atlas": half_squared_error,
+            "memora": half_squared_error,
             "yaad": huber_error, "moneta": smooth_lp_error}[kind]
     start = _batched(init, batch)
     if kind == "moneta":
@@ -177,7 +181,7 @@ def titans_family(kind: str, inputs: dict, init: tuple[Tensor, ...], chunk: int)
         accum = tuple(torch.log(w) for w in weights)  # log M: the mirror-descent coordinates
     else:
         weights, accum = start, None
-    momentum = tuple(torch.zeros_like(w) for w in weights) if kind in ("titans", "atlas") else None
+    momentum = tuple(torch.zeros_like(w) for w in weights) if kind in ("titans", "titans_linear", "atlas") else None
     seen = momentum
     ref = weights
     window = ATLAS_WINDOW if kind == "atlas" else 1

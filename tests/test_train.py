@@ -52,6 +52,7 @@ def tiny_config(out_dir: Path, data: Path, *extra: str):
             "ckpt_every=100",
             "aux_task=mqar",
             "aux_fraction=0.5",
+            "device=cpu",  # these tests hold CPU arithmetic; a GPU (auto) would change precision and reduction order
             *extra,
         ],
     )
@@ -221,6 +222,7 @@ def test_two_processes_match_one_process(tmp_path, text_file, strategy):
         "aux_task=mqar",
         "aux_fraction=0.5",
         f"distributed={strategy}",
+        "device=cpu",  # two processes on one machine: gloo on the CPU, whatever GPUs it has
     ]
     cmd = [
         sys.executable,
@@ -325,7 +327,8 @@ def test_defaults_are_the_main_job_and_the_baseline_matches_it():
     from ttmem.train.report import baseline_config
 
     cfg = resolve_config(None, ["model_args.dim=64"])
-    assert (cfg.model, cfg.baseline, cfg.data, cfg.report) == ("mac-tiny", "swa_transformer-tiny", "stdlib", True)
+    assert (cfg.model, cfg.baseline, cfg.data, cfg.report, cfg.recall) == (
+        "lmm_linear-tiny", "swa_transformer-tiny", "stdlib", True, True)
     base = baseline_config(cfg)
     assert (base.model, base.model_args, base.baseline, base.report) == (
         "swa_transformer-tiny",
@@ -376,3 +379,14 @@ def test_m3_from_the_trainer_keeps_token_rows_out_of_orthogonalization():
     optimizer.step()
     assert torch.equal(model.embed.weight[8:], before[8:])
     assert not torch.equal(model.embed.weight[:8], before[:8])
+
+
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
+    from ttmem.train.distributed import DistEnv, pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("auto", DistEnv(rank=0, world=2, local_rank=0)) == torch.device("cuda:0")
+    with pytest.raises(ValueError, match="device.*no GPU of its own.*device=cpu"):
+        pick_device("auto", DistEnv(rank=1, world=2, local_rank=1))
+    assert pick_device("cpu", DistEnv(rank=1, world=2, local_rank=1)) == torch.device("cpu")

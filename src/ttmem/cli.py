@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser(
-        "train", help="train a model (no arguments: Titans MAC vs sliding-window baseline)"
+        "train", help="train a model (no arguments: the main job, Titans LMM vs sliding-window baseline)"
     )
     train.add_argument("settings", nargs="*", help="key=value overrides of the training config")
     train.add_argument("--config", help="YAML or TOML config file")

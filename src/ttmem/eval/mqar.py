@@ -28,6 +28,7 @@ from torch import nn
 
 from ttmem.data import IGNORE, mqar_example, row_rng
 from ttmem.eval.metrics import logits_of
+from ttmem.progress import progress_bar
 
 TRAIN_STREAM, EVAL_STREAM = 21, 22
 
@@ -87,10 +88,11 @@ def train_mqar(
     recipe: MQARRecipe,
     log_every: int = 0,
     batches: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
+    progress_desc: str | None = None,
 ) -> list[float]:
     """Train `model` (CPU or its own device) on MQAR in place; returns the loss of every step.
     ``batches(step) -> (inputs, targets)`` replaces the MQAR batches with another task's (same optimiser,
-    schedule and answer-only loss)."""
+    schedule and answer-only loss); ``progress_desc`` shows a progress bar with that title."""
     device = next(model.parameters()).device
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -102,7 +104,8 @@ def train_mqar(
     model.train()
     losses = []
     start = time.perf_counter()
-    for step in range(recipe.steps):
+    steps = progress_bar(range(recipe.steps), desc=progress_desc, unit="step") if progress_desc else range(recipe.steps)
+    for step in steps:
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, recipe)
         if batches is None:

@@ -96,6 +96,9 @@ _LINEAR = MemoryArchitecture(kind="linear")
 
 RULES: dict[str, MemoryRule] = {
     "titans": MemoryRule("titans", _MLP, Objective("l2"), momentum=True, forgetting=True),
+    # Titans with a matrix memory (the paper's L_M = 1): chunked gradient descent with momentum and forgetting
+    "titans_linear": MemoryRule("titans_linear", _LINEAR, Objective("l2"), momentum=True, forgetting=True,
+                                zero_init=True),
     "moneta": MemoryRule("moneta", _MLP, Objective("lp", p=3.0), Retention("lq", q=4.0), forgetting=True),
     "yaad": MemoryRule("yaad", _MLP, Objective("huber"), forgetting=True),
     "memora": MemoryRule("memora", _MLP, Objective("l2"), Retention("softmax"), forgetting=True),
