@@ -4,7 +4,7 @@
     python benchmarks/main_job_recall.py --merge A.json B.json --out all.json                     # join runs
 
 Runs ``ttmem.eval.recall_study.run_study`` (the study ``ttmem train`` writes into its report: both models
-rebuilt at dim 64, 2 layers, 2 heads, window 16, equal parameters, 400 AdamW steps of MQAR at length 256) for
+rebuilt at dim 64, 2 layers, 2 heads, window 16, equal parameters, 800 AdamW steps of MQAR at length 256) for
 every model and seed, rewrites the JSON after each run, and prints one table: mean and min–max over seeds of the
 accuracy on queries whose key lies past the window stack's reach, at 1x, 2x and 4x the training length. The
 summary checks the main job's target at every seed: the memory model (the first of ``--models``) at least 0.8

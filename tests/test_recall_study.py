@@ -114,3 +114,18 @@ def test_main_job_reports_recall_and_reuses_it(tmp_path: Path, capsys):
     code = main([*argv[:-1], "recall_args.bogus=1"])
     err = capsys.readouterr().err
     assert code != 0 and "recall_args.bogus" in err and "Traceback" not in err
+
+
+def test_studies_side_by_side_equal_studies_one_after_another(tmp_path):
+    from ttmem.eval.recall_study import run_studies
+
+    study = RecallStudy(**{**STUDY.__dict__, "steps": 3, "eval_examples": 4})
+    specs = {"lmm_linear-tiny": {}, "swa_transformer-tiny": {}}
+    results = {
+        workers: run_studies({s: (tmp_path / f"{workers}-{s}.json", s, a) for s, a in specs.items()}, study,
+                             workers=workers)
+        for workers in (1, 2)
+    }
+    for spec in specs:
+        one, two = results[1][spec], results[2][spec]
+        assert one["losses"] == two["losses"] and one["scores"] == two["scores"]

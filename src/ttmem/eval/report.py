@@ -25,7 +25,7 @@ import torch
 from ttmem.data import get_tokenizer, needle_example
 from ttmem.eval.pipeline import evaluate_model, format_table, load_trained, report_depths
 from ttmem.eval.recall import save_heatmap
-from ttmem.eval.recall_study import RecallStudy, cached_study, plot_recall, recall_rows
+from ttmem.eval.recall_study import RecallStudy, plot_recall, recall_rows, run_studies
 from ttmem.models.presets import MODEL_PRESETS
 from ttmem.train.checkpoint import list_checkpoints
 from ttmem.train.config import TrainConfig
@@ -133,11 +133,9 @@ def recall_study(config: TrainConfig, progress: bool = False) -> tuple[dict[str,
     if not_presets:
         return {}, f"the recall study rebuilds preset models; {not_presets[0]} is not a preset"
     study = RecallStudy(**{"seed": config.seed, **config.recall_args})
-    return {
-        label: cached_study(Path(config.out_dir) / "recall" / f"{_file_name(label)}.json", spec, args, study,
-                            progress, label)
-        for label, (spec, args) in models.items()
-    }, ""
+    jobs = {label: (Path(config.out_dir) / "recall" / f"{_file_name(label)}.json", spec, args)
+            for label, (spec, args) in models.items()}
+    return run_studies(jobs, study, progress), ""
 
 
 def _recall_section(recall: dict[str, dict[str, Any]], skipped: str) -> list[str]:
