@@ -18,6 +18,9 @@ ALL_ON = dict(use_symplectic_gating=True, num_pages=2, symplectic_page_threshold
               complexity=dict(phase_mix=0.5, phase_pairs=2, quorum_mix=0.5, quorum_window=3,
                               quorum_threshold=0.05, budget_topk_ratio=0.5, budget_window=4))
 
+DMD_ON = dict(use_symplectic_gating=True, use_dmd_gating=True, combine_symplectic_and_dmd=True, num_pages=2,
+              symplectic_page_threshold=0.1, complexity=dict(dmd_window=6, codebook_mix=0.3, codebook_size=4))
+
 
 class ScriptedSignal(nn.Module):
     """A complexity signal read off the input's first channel (c_t = x[:, t, 0]), for scripted decisions."""
@@ -207,9 +210,10 @@ def test_inactive_page_is_exactly_unchanged_with_momentum_on():
     assert changed > 0
 
 
-@pytest.mark.parametrize("rule", ["titans", "gated_delta", "atlas"])
+@pytest.mark.parametrize("rule", ["titans", "gated_delta", "atlas", "dmd"])
 def test_whole_equals_pieces_equals_token_by_token(rule):
-    options = dict(ALL_ON)
+    options = dict(DMD_ON if rule == "dmd" else ALL_ON)
+    rule = "titans" if rule == "dmd" else rule
     if rule == "gated_delta":
         options["complexity"] = dict(options["complexity"], gated=True, gate_mode="soft", top_k=3)
     layer = _layer(options, heads=2, chunk=4, rule=rule)
@@ -230,8 +234,9 @@ def test_whole_equals_pieces_equals_token_by_token(rule):
     assert int(layer.symplectic.page_switch_events) == 3 * events
 
 
-def test_outputs_are_causal_with_every_option_on():
-    layer = _layer(ALL_ON, heads=2, chunk=4)
+@pytest.mark.parametrize("options", [ALL_ON, DMD_ON])
+def test_outputs_are_causal_with_every_option_on(options):
+    layer = _layer(options, heads=2, chunk=4)
     x = torch.randn(2, 14, 8, dtype=torch.float64)
     y, _ = layer(x)
     for t0 in (3, 4, 9):
@@ -240,8 +245,9 @@ def test_outputs_are_causal_with_every_option_on():
         assert torch.equal(layer(z)[0][:, :t0], y[:, :t0])
 
 
-def test_chunked_engine_equals_the_reference_with_options_on(monkeypatch):
-    layer = _layer(ALL_ON, heads=2, chunk=4)
+@pytest.mark.parametrize("options", [ALL_ON, DMD_ON])
+def test_chunked_engine_equals_the_reference_with_options_on(monkeypatch, options):
+    layer = _layer(options, heads=2, chunk=4)
     x = torch.randn(2, 10, 8, dtype=torch.float64)
 
     def run(forced):
@@ -260,6 +266,7 @@ def test_chunked_engine_equals_the_reference_with_options_on(monkeypatch):
     for name, value in _memory_fields(sa).items():
         _assert_close(value, _memory_fields(sb)[name])
     assert set(ga) == set(gb) and "symplectic.symplectic_scale_logit" in ga
+    assert ga["symplectic.symplectic_scale_logit"].abs() > 0
     for name in ga:
         assert torch.allclose(ga[name], gb[name], atol=1e-9, rtol=0), name
 
