@@ -74,6 +74,9 @@ class ModelConfig:
     pages = num_pages / coarse_pages); hierarchy_mix (blend of sequential and hierarchical targets);
     kinetics_mix (None = off; in [0, 1]: couples step size and forgetting); complexity_args (the
     complexity signal's stage options, e.g. {"phase_mix": 0.5}).
+
+    branch_gate_mix (0 = off; in [0, 1]: a causal per-token gate on every residual branch from how much its
+    input changed, ``ttmem.layers.branch_gate``); branch_gate_odd_only (gate only blocks 1, 3, 5, ...).
     """
 
     arch: str = "transformer"
@@ -103,6 +106,8 @@ class ModelConfig:
     hierarchy_mix: float = 1.0
     kinetics_mix: float | None = None
     complexity_args: dict[str, Any] = field(default_factory=dict)
+    branch_gate_mix: float = 0.0
+    branch_gate_odd_only: bool = False
 
     def memory_options(self) -> dict[str, Any] | None:
         """The NeuralMemory ``symplectic`` options these fields ask for (None when all are off)."""
@@ -174,6 +179,9 @@ class ModelConfig:
             raise ValueError(f"complexity_args must be a table of complexity-signal options, "
                              f"got {self.complexity_args!r}")
         self._check_memory_options()
+        mix = self.branch_gate_mix
+        if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0 <= mix <= 1:
+            raise ValueError(f"branch_gate_mix must be a number in [0, 1], got {mix!r}")
 
     @property
     def head_dim(self) -> int:
