@@ -123,6 +123,8 @@ def phase_pairs(dim: int) -> int:
 
 @dataclass
 class Setup:
+    """Sizes of one protocol run (recorded as the report's ``config``; the guard compares only equal ones)."""
+
     dim: int = 32
     seq_len: int = 64
     batch: int = 4

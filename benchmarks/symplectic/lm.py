@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2 for mac, 0,1 for branch_gate)")
     p.add_argument("--mix", type=float, default=0.15, help="branch gate mix")
     p.add_argument("--odd-only", action="store_true", help="branch gate on odd blocks only")
+    p.add_argument("--arms", default=None, help="comma-separated subset of the protocol's arms (control always runs)")
     p.add_argument("--max-bytes", type=int, default=4_000_000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default="local")
@@ -112,6 +113,12 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = tuple(int(s) for s in (args.seeds or ("0,1,2" if args.protocol == "mac" else "0,1")).split(","))
     corpus = load_corpus("stdlib", "bytes", max_bytes=args.max_bytes)
     table = arms(args.protocol, args)
+    if args.arms:
+        chosen = {"control", *(a.strip() for a in args.arms.split(","))}
+        unknown = chosen - set(table)
+        if unknown:
+            p.error(f"--arms: unknown arm(s) {', '.join(sorted(unknown))}; the {args.protocol} arms: {', '.join(table)}")
+        table = {name: fields for name, fields in table.items() if name in chosen}
     per_arm: dict[str, list[dict[str, float]]] = {name: [] for name in table}
     for seed in seeds:
         train = windows(corpus.train, args.steps * args.batch, args.seq_len, torch.Generator().manual_seed(seed))
@@ -127,7 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     metrics = {name: collect(runs) for name, runs in per_arm.items()}
     setup = Setup(args.dim, args.seq_len, args.batch, 8, args.steps, seeds,
                   {"depth": args.depth, "lr": args.lr, "warmup": args.warmup, "mix": args.mix,
-                   "odd_only": args.odd_only, "val_windows": args.val_windows, "max_bytes": args.max_bytes})
+                   "odd_only": args.odd_only, "val_windows": args.val_windows, "max_bytes": args.max_bytes,
+                   "arms": sorted(table)})
     checks = [{"path": f"{n}.val_bpb", "kind": "loss"} for n in metrics]
     rows = [[n, fmt(c["val_bpb"]), fmt(c["minus_control_bpb"], 3), fmt(c["speed_ratio"], 3),
              fmt(c["switches_per_layer"], 3)] for n, c in metrics.items()]
