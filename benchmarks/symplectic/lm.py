@@ -117,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
         chosen = {"control", *(a.strip() for a in args.arms.split(","))}
         unknown = chosen - set(table)
         if unknown:
-            p.error(f"--arms: unknown arm(s) {', '.join(sorted(unknown))}; the {args.protocol} arms: {', '.join(table)}")
+            p.error(f"--arms: unknown arm(s) {', '.join(sorted(unknown))}; "
+                    f"the {args.protocol} arms: {', '.join(table)}")
         table = {name: fields for name, fields in table.items() if name in chosen}
     per_arm: dict[str, list[dict[str, float]]] = {name: [] for name in table}
     for seed in seeds:
