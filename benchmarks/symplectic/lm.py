@@ -13,6 +13,8 @@ page switches per memory layer; per seed the difference to the control and the s
   threshold 1.0 × noise level: 4 internal memory heads), heads_x2 (4 heads of the paged model's head width and
   no options: the same internal memory heads; its attention has 4 heads too, which the others do not).
   The fork's version trained on uniform random bytes, where every arm's loss is ln 256.
+  ``gating_constant`` (run with ``--arms``) is the gating arm with the twist score replaced by a constant
+  (its mean on white noise at this width): does the input-dependent signal matter, or only the damping?
 - ``branch_gate``: a Transformer control against the same Transformer with the causal branch gate
   (``--mix``, ``--odd-only``), 2 seeds.
 """
@@ -36,12 +38,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import Setup, collect, fmt, markdown_table, write_report  # noqa: E402
 
 from ttmem.data.corpora import load_corpus  # noqa: E402
+from ttmem.layers.complexity import ComplexityRecord, noise_level  # noqa: E402
 from ttmem.models import ModelConfig, build_model  # noqa: E402
 
 
 def windows(tokens: np.ndarray, count: int, length: int, gen: torch.Generator) -> torch.Tensor:
     starts = torch.randint(0, len(tokens) - length - 1, (count,), generator=gen).tolist()
     return torch.stack([torch.from_numpy(tokens[s:s + length + 1].astype(np.int64)) for s in starts])
+
+
+class ConstantSignal(torch.nn.Module):
+    """A complexity signal that ignores its input: c_t = value for every token (the ablation arm)."""
+
+    context, has_manifold_state = 1, False
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x: torch.Tensor, past: torch.Tensor | None = None) -> ComplexityRecord:
+        return ComplexityRecord(signal=torch.full_like(x[..., 0], self.value))
 
 
 def arms(protocol: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -52,6 +68,7 @@ def arms(protocol: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
                      page_threshold_units="noise")
         return {"control": dict(arch="mac", **shape),
                 "gating": dict(arch="mac", use_symplectic_gating=True, **shape),
+                "gating_constant": dict(arch="mac", use_symplectic_gating=True, **shape),
                 "gating_paging": dict(arch="mac", **paged, **shape),
                 "heads_x2": dict(arch="mac", **{**shape, "heads": 4, "dim_head": args.dim // 2})}
     return {"control": dict(arch="transformer", **shape),
@@ -60,9 +77,13 @@ def arms(protocol: str, args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 def train_arm(config: ModelConfig, train: torch.Tensor, val: torch.Tensor, args: argparse.Namespace,
-              seed: int) -> dict[str, float]:
+              seed: int, constant_signal: bool = False) -> dict[str, float]:
     torch.manual_seed(seed)
     model = build_model(config)
+    if constant_signal:
+        for module in model.modules():
+            if getattr(module, "symplectic", None) is not None:
+                module.symplectic.signal = ConstantSignal(noise_level(config.dim))
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.1)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / args.warmup))
     losses = []
@@ -113,6 +134,8 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = tuple(int(s) for s in (args.seeds or ("0,1,2" if args.protocol == "mac" else "0,1")).split(","))
     corpus = load_corpus("stdlib", "bytes", max_bytes=args.max_bytes)
     table = arms(args.protocol, args)
+    if not args.arms:
+        table.pop("gating_constant", None)  # the ablation runs on request only
     if args.arms:
         chosen = {"control", *(a.strip() for a in args.arms.split(","))}
         unknown = chosen - set(table)
@@ -125,7 +148,8 @@ def main(argv: list[str] | None = None) -> dict:
         train = windows(corpus.train, args.steps * args.batch, args.seq_len, torch.Generator().manual_seed(seed))
         val = windows(corpus.validation, args.val_windows, args.seq_len, torch.Generator().manual_seed(10_000))
         for name, fields in table.items():
-            per_arm[name].append(train_arm(ModelConfig(vocab_size=256, **fields), train, val, args, seed))
+            per_arm[name].append(train_arm(ModelConfig(vocab_size=256, **fields), train, val, args, seed,
+                                           constant_signal=name == "gating_constant"))
             print(f"  seed {seed} {name}: {per_arm[name][-1]['val_bpb']:.4f} bpb", file=sys.stderr)
     control = per_arm["control"]
     for runs in per_arm.values():
