@@ -89,3 +89,19 @@ def test_a_tiny_protocol_run_writes_a_report_the_guard_accepts(tmp_path, capsys)
     base = tmp_path / "base.json"
     base.write_text(json.dumps(data))
     assert regress.main(["--baseline", str(base), "--latest", str(out), "--max-time-regression-pct", "1e9"]) == 0
+
+
+def test_the_lm_comparison_runs_its_arms_and_rejects_unknown_ones(tmp_path, capsys):
+    import lm  # noqa: E402
+
+    out = tmp_path / "lm.json"
+    common = ["--dim", "16", "--depth", "1", "--seq-len", "16", "--batch", "2", "--steps", "2", "--warmup", "1",
+              "--val-windows", "2", "--max-bytes", "100000", "--seeds", "0", "--out", str(out)]
+    lm.main(["mac", "--arms", "gating_constant", *common])
+    data = json.loads(out.read_text())
+    assert set(data["metrics"]) == {"control", "gating_constant"}
+    assert data["metrics"]["control"]["minus_control_bpb"]["mean"] == 0
+    assert 0 < data["metrics"]["gating_constant"]["val_bpb"]["mean"] < 9
+    with pytest.raises(SystemExit):
+        lm.main(["mac", "--arms", "nosuch", *common])
+    assert "unknown arm(s) nosuch" in capsys.readouterr().err
