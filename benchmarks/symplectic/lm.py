@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     setup = Setup(args.dim, args.seq_len, args.batch, 8, args.steps, seeds,
                   {"depth": args.depth, "lr": args.lr, "warmup": args.warmup, "mix": args.mix,
                    "odd_only": args.odd_only, "val_windows": args.val_windows, "max_bytes": args.max_bytes,
-                   "arms": sorted(table)})
+                   **({"arms": sorted(table)} if args.arms else {})})
     checks = [{"path": f"{n}.val_bpb", "kind": "loss"} for n in metrics]
     rows = [[n, fmt(c["val_bpb"]), fmt(c["minus_control_bpb"], 3), fmt(c["speed_ratio"], 3),
              fmt(c["switches_per_layer"], 3)] for n, c in metrics.items()]
