@@ -11,12 +11,16 @@ Design choices: the initial memory weights are ordinary parameters, one per memo
 (no views into a shared buffer), so optimiser steps and ``load_state_dict`` work unchanged. The conv keeps its
 last ``kernel − 1`` inputs in the state, and ``memorize`` continues partial chunks, so running a sequence whole, in
 pieces, or token by token gives the same outputs and state.
+
+``symplectic={...}`` adds complexity gating of the forget rate, memory pages and kinetics coupling
+(``paging.py``); with it None (the default) none of their parameters, buffers or state fields exist.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +28,7 @@ from torch import Tensor, nn
 
 from ..memory import MemoryRule, MemoryState, get_rule, initial_state, run_memory
 from ..memory.functional import check_chunk_size, check_input_values, value_checks_enabled
+from .paging import SymplecticPaging
 
 GATE_MODES = ("token", "chunk", "fixed")
 FORGET_GATES = ("sigmoid", "mamba2")
@@ -53,13 +58,18 @@ class NeuralMemory(nn.Module):
     """Test-time-learning memory layer. Input and output [batch, time, dim].
 
     ``gate_init`` overrides the gates' initial values (``GATE_INIT``: "lr", "momentum", "forget", each in (0, 1));
-    the gates stay learned functions of the input either way."""
+    the gates stay learned functions of the input either way.
+
+    ``symplectic``: keyword arguments of ``paging.SymplecticPaging`` (complexity gating, pages, kinetics; the
+    titans-pytorch fork's flag names). With ``num_pages`` P the layer holds P · heads internal heads."""
 
     def __init__(self, dim: int, heads: int = 1, chunk_size: int = 64, rule: str | MemoryRule = "titans",
                  dim_head: int | None = None, conv_kernel: int = 4, gate_mode: str = "token",
                  max_lr: float = 1.0, recompute: bool = False, forget_gate: str = "sigmoid",
-                 gate_init: dict[str, float] | None = None):
+                 gate_init: dict[str, float] | None = None, symplectic: dict[str, Any] | None = None):
         super().__init__()
+        if symplectic is not None and not isinstance(symplectic, dict):
+            raise TypeError(f"symplectic must be a dict of options or None, got {type(symplectic).__name__}")
         if dim < 1 or heads < 1:
             raise ValueError(f"dim and heads must be >= 1, got dim={dim}, heads={heads}")
         if gate_mode not in GATE_MODES:
@@ -79,6 +89,12 @@ class NeuralMemory(nn.Module):
         self.dim_head = dim_head or dim // heads
         if self.dim_head < 1:
             raise ValueError(f"dim_head must be >= 1, got {self.dim_head}")
+        self.symplectic = None
+        if symplectic:
+            paging = SymplecticPaging(dim, heads, chunk_size, self.rule, **symplectic)
+            if paging.active:
+                self.symplectic = paging
+                self.heads = heads = heads * paging.pages  # pages are page-major blocks of internal heads
         self.gate_mode, self.max_lr, self.conv_kernel = gate_mode, max_lr, conv_kernel
         self.recompute = recompute  # per-chunk activation checkpointing in the engine (less memory, more time)
         inner = heads * self.dim_head
@@ -234,12 +250,17 @@ class NeuralMemory(nn.Module):
             state = self.initial_state(x.shape[0])
         q, k, v, conv_cache = self._project(x, state.conv)
         gates, held = self._gates(x, state)
+        carried = None
+        if self.symplectic is not None:
+            gates, carried = self.symplectic(x, gates, state.memory)
         forget = gates.get("forget")
         keep = None if forget is None else 1.0 - forget
         if value_checks_enabled():
             check_input_values({"q": q, "k": k, "v": v}, gates, state.memory)
         out, mem = run_memory(self.rule, q, k, v, gates["lr"], keep, gates.get("momentum"), gates.get("threshold"),
                               self.chunk_size, state.memory, recompute=self.recompute)
+        if carried is not None:
+            mem = replace(mem, **carried)
         return self._merge(x, out), NeuralMemoryState(mem, conv_cache, held)
 
     def read(self, x: Tensor, memory: MemoryState, conv_cache: Tensor | None = None) -> tuple[Tensor, Tensor | None]:

@@ -4,6 +4,10 @@ All tensors are per batch and head. ``weights`` are what reads use (for a linear
 with M(k) = W k). A call may end inside a chunk; ``ref`` then holds that chunk's start weights (gradients are taken
 there) and ``offset`` how many of its tokens are done. ``rule`` names the rule that made the state, so a state is
 never silently read by another rule (shapes, dtype and batch are read off the tensors themselves).
+
+The ``signal_*``, ``chunk_*`` and ``active_page`` fields belong to a memory layer's complexity gating and paging
+(``ttmem.layers.paging``): the engine neither reads nor writes them, the layer carries them from call to call.
+They stay None when those options are off.
 """
 
 from __future__ import annotations
@@ -27,6 +31,12 @@ class MemoryState:
     past_threshold: Tensor | None = None          # ... Huber thresholds [B, H, window−1]
     past_mask: Tensor | None = None               # ... 1 where a past token exists [B, H, window−1]
     rule: str | None = None                       # name of the rule that made this state
+    signal_inputs: Tensor | None = None           # the last inputs the complexity signal reads [B, ≤context, D]
+    signal_offset: int = 0                        # tokens done in the current decision chunk
+    chunk_complexity: Tensor | None = None        # running max of the signal over that chunk [B]
+    chunk_phase: Tensor | None = None             # running Σ cos, Σ sin of its manifold-state angles [B, 2]
+    chunk_lr_sum: Tensor | None = None            # running Σ of step sizes over that chunk (kinetics) [B, H]
+    active_page: Tensor | None = None             # page that receives writes, per sample [B] (integer)
 
     def _map(self, fn) -> MemoryState:
         changes = {}
@@ -43,7 +53,10 @@ class MemoryState:
         return self._map(lambda t: t.detach())
 
     def to(self, *args, **kwargs) -> MemoryState:
-        return self._map(lambda t: t.to(*args, **kwargs))
+        def move(t: Tensor) -> Tensor:  # integer fields (the active page) change device, never dtype
+            moved = t.to(*args, **kwargs)
+            return moved if t.is_floating_point() else moved.to(t.dtype)
+        return self._map(move)
 
     @property
     def batch_size(self) -> int:

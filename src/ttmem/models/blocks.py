@@ -11,10 +11,12 @@ Design choices:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
+from ttmem.layers.branch_gate import BranchGate, BranchGateState
 from ttmem.layers.continuum import ContinuumLevel
 from ttmem.layers.mlp import SwiGLU
 from ttmem.layers.self_modifying import SelfModifyingMemory
@@ -38,6 +40,33 @@ class PreNormResidual(nn.Module):
             y, state = self.module(h, state)
             return x + y, state
         return x + self.module(h), None
+
+
+@dataclass
+class GatedResidualState:
+    inner: Any                     # the sublayer's own state (None for stateless ones)
+    gate: BranchGateState
+
+    def detach(self) -> GatedResidualState:
+        return GatedResidualState(None if self.inner is None else self.inner.detach(), self.gate.detach())
+
+
+class GatedPreNormResidual(PreNormResidual):
+    """x + g ⊙ f(RMSNorm(x)) with the causal per-token branch gate g of ``layers.branch_gate``."""
+
+    def __init__(self, dim: int, module: nn.Module, stateful: bool, eps: float, mix: float) -> None:
+        super().__init__(dim, module, stateful, eps)
+        self.gate = BranchGate(mix)
+
+    def forward(self, x: Tensor, state: GatedResidualState | None = None) -> tuple[Tensor, GatedResidualState]:
+        h = self.norm(x)
+        gate, gate_state = self.gate(h, None if state is None else state.gate)
+        inner = None
+        if self.stateful:
+            y, inner = self.module(h, None if state is None else state.inner)
+        else:
+            y = self.module(h)
+        return x + gate * y, GatedResidualState(inner, gate_state)
 
 
 def _mlp(config: ModelConfig) -> tuple[nn.Module, bool]:
@@ -102,7 +131,12 @@ def build_sublayers(config: ModelConfig) -> nn.ModuleList:
     if recipe is None:
         raise ValueError(f"no block recipe for arch {config.arch!r}; known: {', '.join(BLOCK_RECIPES)}")
     sublayers = nn.ModuleList()
-    for _ in range(config.depth):
+    for block in range(config.depth):
+        gated = config.branch_gate_mix > 0 and (block % 2 == 1 or not config.branch_gate_odd_only)
         for module, stateful in recipe(config):
-            sublayers.append(PreNormResidual(config.dim, module, stateful, config.norm_eps))
+            if gated:
+                sublayers.append(GatedPreNormResidual(config.dim, module, stateful, config.norm_eps,
+                                                      config.branch_gate_mix))
+            else:
+                sublayers.append(PreNormResidual(config.dim, module, stateful, config.norm_eps))
     return sublayers

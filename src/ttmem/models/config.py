@@ -40,6 +40,9 @@ DEFAULT_MEMORY_RULES = {
     "hope": "titans",
     "theta_lm": "theta",
 }
+# Architectures whose memory layers are NeuralMemory (the ones the symplectic / paging options reach).
+NEURAL_MEMORY_ARCHITECTURES = ("linear_attention", "deltanet", "gated_deltanet", "lmm", "mac", "mag", "mal",
+                               "theta_lm")
 FIXED_RULE_ARCHITECTURES = {
     "linear_attention": ("linear_attention",),
     "deltanet": ("delta",),
@@ -60,6 +63,20 @@ class ModelConfig:
     architecture default); conv_kernel (short causal conv in memory layers, 0 = none);
     cms_periods (HOPE continuum memory update periods C^(l), fastest first); tie_embeddings;
     norm_eps; rotary_base.
+
+    Complexity gating, memory pages and kinetics of the NeuralMemory layers (``ttmem.layers.paging``; all
+    off by default; architectures lmm, mac, mag, mal and the linear-memory baselines):
+    use_symplectic_gating (twist-score gating of the forget rate); use_dmd_gating (DMD-score gating; both
+    on = their even blend); num_pages (pages of ``heads`` memory heads, one written at a time);
+    symplectic_page_threshold (switch when a chunk's max complexity exceeds it; None = 0.5, 0.4 with DMD,
+    1.5 in noise units); page_threshold_units ("raw" or "noise": units of sqrt(2 / dim));
+    page_routing ("sequential", "manifold", "hierarchical"); coarse_pages (hierarchical groups; fine
+    pages = num_pages / coarse_pages); hierarchy_mix (blend of sequential and hierarchical targets);
+    kinetics_mix (None = off; in [0, 1]: couples step size and forgetting); complexity_args (the
+    complexity signal's stage options, e.g. {"phase_mix": 0.5}).
+
+    branch_gate_mix (0 = off; in [0, 1]: a causal per-token gate on every residual branch from how much its
+    input changed, ``ttmem.layers.branch_gate``); branch_gate_odd_only (gate only blocks 1, 3, 5, ...).
     """
 
     arch: str = "transformer"
@@ -79,6 +96,54 @@ class ModelConfig:
     tie_embeddings: bool = True
     norm_eps: float = 1e-5
     rotary_base: float = 10000.0
+    use_symplectic_gating: bool = False
+    use_dmd_gating: bool = False
+    num_pages: int = 1
+    symplectic_page_threshold: float | None = None
+    page_threshold_units: str = "raw"
+    page_routing: str = "sequential"
+    coarse_pages: int = 1
+    hierarchy_mix: float = 1.0
+    kinetics_mix: float | None = None
+    complexity_args: dict[str, Any] = field(default_factory=dict)
+    branch_gate_mix: float = 0.0
+    branch_gate_odd_only: bool = False
+
+    def memory_options(self) -> dict[str, Any] | None:
+        """The NeuralMemory ``symplectic`` options these fields ask for (None when all are off)."""
+        gating = self.use_symplectic_gating or self.use_dmd_gating
+        if not gating and self.kinetics_mix is None and self.num_pages == 1 and not self.complexity_args:
+            return None
+        options: dict[str, Any] = dict(
+            use_symplectic_gating=self.use_symplectic_gating, use_dmd_gating=self.use_dmd_gating,
+            combine_symplectic_and_dmd=self.use_symplectic_gating and self.use_dmd_gating,
+            num_pages=self.num_pages, symplectic_page_threshold=self.symplectic_page_threshold,
+            page_threshold_units=self.page_threshold_units, page_routing=self.page_routing,
+            hierarchy_mix=self.hierarchy_mix, complexity=dict(self.complexity_args))
+        if self.page_routing == "hierarchical":
+            if not isinstance(self.coarse_pages, int) or self.coarse_pages < 1 or self.num_pages % self.coarse_pages:
+                raise ValueError(f"coarse_pages must be a positive divisor of num_pages ({self.num_pages}), "
+                                 f"got {self.coarse_pages!r}")
+            options.update(coarse_pages=self.coarse_pages, fine_pages=self.num_pages // self.coarse_pages)
+        if self.kinetics_mix is not None:
+            options.update(kinetics_coupling=True, kinetics_mix=self.kinetics_mix)
+        return options
+
+    def _check_memory_options(self) -> None:
+        options = self.memory_options()
+        if options is None:
+            return
+        if self.arch not in NEURAL_MEMORY_ARCHITECTURES:
+            raise ValueError(f"use_symplectic_gating, use_dmd_gating, num_pages and kinetics_mix configure "
+                             f"NeuralMemory layers; arch {self.arch!r} has none "
+                             f"(use one of {', '.join(NEURAL_MEMORY_ARCHITECTURES)})")
+        import torch
+
+        from ttmem.layers.paging import SymplecticPaging
+        from ttmem.memory import get_rule
+
+        with torch.device("meta"):  # validates every option without allocating the signal's projections
+            SymplecticPaging(self.dim, self.heads, self.chunk_size, get_rule(self.rule), **options)
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHITECTURES:
@@ -110,6 +175,13 @@ class ModelConfig:
                 f"memory_rule for arch {self.arch!r} must be one of {allowed} or None, "
                 f"got {self.memory_rule!r}"
             )
+        if not isinstance(self.complexity_args, dict):
+            raise ValueError(f"complexity_args must be a table of complexity-signal options, "
+                             f"got {self.complexity_args!r}")
+        self._check_memory_options()
+        mix = self.branch_gate_mix
+        if isinstance(mix, bool) or not isinstance(mix, (int, float)) or not 0 <= mix <= 1:
+            raise ValueError(f"branch_gate_mix must be a number in [0, 1], got {mix!r}")
 
     @property
     def head_dim(self) -> int:

@@ -44,6 +44,7 @@ def neural_memory(config: ModelConfig) -> NeuralMemory:
         conv_kernel=config.conv_kernel,
         # Gated DeltaNet's own decay parametrisation (Mamba-2's exp(−softplus(·) A)); the others keep sigmoids.
         forget_gate="mamba2" if config.arch == "gated_deltanet" else "sigmoid",
+        symplectic=config.memory_options(),
     )
 
 

@@ -1,0 +1,313 @@
+"""Symplectic gating, memory paging and kinetics: the titans-pytorch fork's benchmark protocols on ttmem.
+
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/symplectic/run.py PROTOCOL --threads 1 [--out FILE]
+
+Protocols (``common.py`` has the data, the model and the training loop):
+- ``symplectic``: forward / train-step time, spiral and helix + drift reconstruction, long-horizon
+  perturb-and-recover, for baseline (1 head), same_heads (2 plain heads), symplectic (gating, 1 head),
+  symplectic_paging, dmd_paging, symplectic_dmd_paging and symplectic_phase_paging (2 pages of 1 head).
+- ``interference``: train on task A, then on task B (different directions and periods), forgetting on A.
+- ``threshold``: switch and crossing rates and loss against the page threshold, raw and width-normalised,
+  at two widths.
+- ``variants``: gate variants (hard / soft / diagonal / top-k / adaptive top-k / phase / quorum budget /
+  codebook / hierarchical and manifold routing / kinetics) on spiral and helix.
+- ``kinetics``: kinetics mix 0 .. 1 on the phase-quorum paged memory.
+
+Every protocol runs each variant on every seed (``--seeds``) with a fresh model per phase, writes JSON (tag,
+device, config, metrics as mean / min / max / values over seeds, and the checks ``regress.py`` applies),
+optionally appends a CSV row (``--csv``) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import (  # noqa: E402
+    PHASE_QUORUM,
+    Setup,
+    Variant,
+    build,
+    collect,
+    eval_mse,
+    fmt,
+    helix_drift,
+    interference_task,
+    long_horizon_pair,
+    markdown_table,
+    phase_error,
+    phase_pairs,
+    spiral,
+    tail,
+    time_models,
+    train_steps,
+    write_report,
+)
+
+TASKS = {"spiral": spiral, "helix_drift": helix_drift}
+
+
+def paged(dim: int, **extra: Any) -> dict[str, Any]:
+    """Two pages switched by the twist score, threshold 1.0 × its noise level."""
+    return dict(use_symplectic_gating=True, num_pages=2, symplectic_page_threshold=1.0,
+                page_threshold_units="noise", **extra)
+
+
+def symplectic_variants(dim: int) -> dict[str, Variant]:
+    phase = dict(gated=True, diag=True, gate_mode="soft", phase_mix=0.5, phase_pairs=phase_pairs(dim))
+    dmd = dict(use_dmd_gating=True, num_pages=2, complexity=dict(dmd_window=2 * dim))
+    return {
+        "baseline": Variant(1, None, "1 head, no options"),
+        "same_heads": Variant(2, None, "2 plain heads: the paged models' head count, no routing"),
+        "symplectic": Variant(1, dict(use_symplectic_gating=True), "twist gating of the forget rate"),
+        "symplectic_paging": Variant(1, paged(dim), "gating + 2 pages, sequential"),
+        "dmd_paging": Variant(1, dmd, "DMD gating (window 2·dim) + 2 pages, threshold 0.4"),
+        "symplectic_dmd_paging": Variant(1, dict(use_symplectic_gating=True, use_dmd_gating=True,
+                                                 combine_symplectic_and_dmd=True, num_pages=2,
+                                                 symplectic_page_threshold=0.2,
+                                                 complexity=dict(gated=True, diag=True, gate_mode="soft",
+                                                                 phase_mix=0.25, phase_pairs=phase_pairs(dim),
+                                                                 dmd_window=2 * dim)),
+                                         "even blend of twist and DMD + 2 pages"),
+        "symplectic_phase_paging": Variant(1, paged(dim, complexity=phase), "gated soft, phase 0.5, 2 pages"),
+    }
+
+
+def run_task(variant: Variant, setup: Setup, seed: int, task: str) -> tuple[float, float, int]:
+    model = build(variant, setup, seed)
+    data = TASKS[task](setup.batch, setup.seq_len, setup.dim, torch.Generator().manual_seed(1000 + seed))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses, ms = train_steps(model, optimizer, lambda _: data, setup.steps)
+    return tail(losses), ms, model.switches()
+
+
+def run_long_horizon(variant: Variant, setup: Setup, seed: int) -> dict[str, float]:
+    warm, pert, rec = setup.extra["long_steps"]
+    model = build(variant, setup, seed)
+    clean, perturbed = long_horizon_pair(setup.batch, setup.extra["long_len"], setup.dim,
+                                         torch.Generator().manual_seed(2000 + seed))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train_steps(model, optimizer, lambda _: clean, warm)
+    pre, phase_pre = eval_mse(model, clean), phase_error(model, clean)
+    train_steps(model, optimizer, lambda _: perturbed, pert)
+    perturb = eval_mse(model, clean)
+    train_steps(model, optimizer, lambda _: clean, rec)
+    post, phase_post = eval_mse(model, clean), phase_error(model, clean)
+    return {"clean_mse_pre": pre, "perturb_mse": perturb, "clean_mse_post": post, "phase_err_pre": phase_pre,
+            "phase_err_post": phase_post, "mse_recovery_gain": pre - post,
+            "phase_recovery_gain": phase_pre - phase_post}
+
+
+def protocol_symplectic(setup: Setup) -> tuple[dict, list, list[str]]:
+    variants = symplectic_variants(setup.dim)
+    timings = {}
+    for seed in setup.seeds:
+        x = torch.randn(setup.batch, setup.seq_len, setup.dim, generator=torch.Generator().manual_seed(seed))
+        timings[seed] = time_models({n: build(v, setup, seed) for n, v in variants.items()}, x)
+    metrics = {}
+    for name, variant in variants.items():
+        runs = []
+        for seed in setup.seeds:
+            run: dict[str, Any] = dict(timings[seed][name])
+            switches = 0
+            for task in TASKS:
+                run[task], _, events = run_task(variant, setup, seed, task)
+                switches += events
+            run["switch_rate"] = switches / (2 * setup.steps * setup.batch * (setup.seq_len // setup.chunk))
+            run["long_horizon"] = run_long_horizon(variant, setup, seed)
+            runs.append(run)
+        metrics[name] = collect(runs)
+        print(f"  {name}: done", file=sys.stderr)
+    base = metrics["baseline"]
+    for cell in metrics.values():
+        cell["overhead_pct"] = {k: 100 * (cell[k]["mean"] / base[k]["mean"] - 1) for k in ("fwd_ms", "train_ms")}
+    checks = []
+    for name in ("baseline", "symplectic_phase_paging"):
+        checks += [{"path": f"{name}.fwd_ms", "kind": "time"}, {"path": f"{name}.train_ms", "kind": "time"},
+                   {"path": f"{name}.spiral", "kind": "loss"}, {"path": f"{name}.helix_drift", "kind": "loss"},
+                   {"path": f"{name}.long_horizon.clean_mse_post", "kind": "loss"},
+                   {"path": f"{name}.long_horizon.phase_recovery_gain", "kind": "gain"}]
+    rows = [[name, str(variants[name].internal_heads()), fmt(c["fwd_ms"], 3), fmt(c["train_ms"], 3),
+             f"{c['overhead_pct']['train_ms']:+.0f}%", fmt(c["spiral"]), fmt(c["helix_drift"]),
+             fmt(c["long_horizon"]["clean_mse_post"]), f"{c['switch_rate']['mean']:.3f}"]
+            for name, c in metrics.items()]
+    table = markdown_table(["variant", "heads", "fwd ms", "train ms", "train vs base", "spiral", "helix+drift",
+                            "long clean post", "switch rate"], rows)
+    return metrics, checks, table
+
+
+def interference_variants(dim: int) -> dict[str, Variant]:
+    keyed = dict(PHASE_QUORUM, phase_pairs=phase_pairs(dim))
+    return {
+        "baseline": Variant(1, None, "1 head"),
+        "same_heads": Variant(2, None, "2 plain heads"),
+        "symplectic_paging": Variant(1, paged(dim), "2 pages, sequential"),
+        "manifold_paging": Variant(1, paged(dim, page_routing="manifold", complexity=keyed),
+                                   "2 pages keyed on the manifold state, phase-quorum gate"),
+    }
+
+
+def protocol_interference(setup: Setup) -> tuple[dict, list, list[str]]:
+    steps = setup.steps
+    metrics = {}
+    for name, variant in interference_variants(setup.dim).items():
+        runs = []
+        for seed in setup.seeds:
+            model = build(variant, setup, seed)
+            gen = torch.Generator().manual_seed(3000 + seed)
+
+            def batches(task: str, gen: torch.Generator = gen):
+                return lambda _: interference_task(task, setup.batch, setup.seq_len, setup.dim, gen)
+
+            held = {t: interference_task(t, 4 * setup.batch, setup.seq_len, setup.dim,
+                                         torch.Generator().manual_seed(9000 + seed)) for t in "AB"}
+            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+            losses_a, ms_a = train_steps(model, optimizer, batches("A"), steps)
+            pre_a = eval_mse(model, held["A"])
+            losses_b, ms_b = train_steps(model, optimizer, batches("B"), steps)
+            post_a, post_b = eval_mse(model, held["A"]), eval_mse(model, held["B"])
+            runs.append({"pre_a_loss": pre_a, "post_a_loss": post_a, "post_b_loss": post_b,
+                         "forgetting_delta": post_a - pre_a, "train_a_tail": tail(losses_a),
+                         "train_b_tail": tail(losses_b), "step_ms": (ms_a + ms_b) / 2,
+                         "switch_rate": model.switches() / (2 * steps * setup.batch * (setup.seq_len // setup.chunk))})
+        metrics[name] = collect(runs)
+        print(f"  {name}: done", file=sys.stderr)
+    checks = [{"path": f"{n}.{m}", "kind": "loss"} for n in metrics for m in ("pre_a_loss", "post_a_loss")]
+    checks += [{"path": f"{n}.step_ms", "kind": "time"} for n in metrics]
+    rows = [[n, fmt(c["pre_a_loss"]), fmt(c["post_a_loss"]), fmt(c["forgetting_delta"]), fmt(c["post_b_loss"]),
+             fmt(c["step_ms"], 3), f"{c['switch_rate']['mean']:.3f}"] for n, c in metrics.items()]
+    table = markdown_table(["variant", "A before B", "A after B", "forgetting", "B after B", "step ms",
+                            "switch rate"], rows)
+    return metrics, checks, table
+
+
+def protocol_threshold(setup: Setup) -> tuple[dict, list, list[str]]:
+    grid = {"raw": (0.05, 0.1, 0.2, 0.35, 0.5), "noise": (0.8, 1.0, 1.2, 1.5, 2.0)}
+    metrics: dict[str, Any] = {}
+    rows = []
+    boundaries = setup.steps * setup.batch * (setup.seq_len // setup.chunk)
+    for dim in setup.extra["dims"]:
+        for units, thresholds in grid.items():
+            for thr in thresholds:
+                runs = []
+                for seed in setup.seeds:
+                    variant = Variant(1, dict(use_symplectic_gating=True, num_pages=2, symplectic_page_threshold=thr,
+                                              page_threshold_units=units))
+                    local = Setup(dim, setup.seq_len, setup.batch, setup.chunk, setup.steps, (seed,))
+                    model = build(variant, local, seed)
+                    data = spiral(setup.batch, setup.seq_len, dim, torch.Generator().manual_seed(1000 + seed))
+                    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+                    losses, _ = train_steps(model, optimizer, lambda _, data=data: data, setup.steps)
+                    paging = model.memory.symplectic
+                    runs.append({"final_loss": tail(losses),
+                                 "crossing_rate": int(paging.page_threshold_crossings) / boundaries,
+                                 "switch_rate": int(paging.page_switch_events) / boundaries})
+                key = f"dim{dim}.{units}.{thr:g}"
+                cell = collect(runs)
+                metrics.setdefault(f"dim{dim}", {}).setdefault(units, {})[f"{thr:g}"] = cell
+                rows.append([key, fmt(cell["crossing_rate"], 3), fmt(cell["switch_rate"], 3), fmt(cell["final_loss"])])
+        print(f"  dim {dim}: done", file=sys.stderr)
+    checks = [{"path": f"dim{d}.noise.1.final_loss", "kind": "loss"} for d in setup.extra["dims"]]
+    return metrics, checks, markdown_table(["dim.units.threshold", "crossing rate", "switch rate", "spiral loss"],
+                                           rows)
+
+
+def gate_variants(dim: int) -> dict[str, Variant]:
+    m = phase_pairs(dim)
+    soft_phase = dict(gated=True, diag=True, gate_mode="soft", phase_mix=0.5, phase_pairs=m)
+    quorum = dict(PHASE_QUORUM, phase_pairs=m)
+    return {
+        "baseline": Variant(1, None),
+        "same_heads": Variant(2, None),
+        "symplectic_default": Variant(1, paged(dim)),
+        "hard_diag": Variant(1, paged(dim, complexity=dict(gated=True, diag=True, gate_mode="hard"))),
+        "soft_diag": Variant(1, paged(dim, complexity=dict(gated=True, diag=True, gate_mode="soft"))),
+        "hard_topk8": Variant(1, paged(dim, complexity=dict(gated=True, diag=True, gate_mode="hard", top_k=8))),
+        "adaptive_topk": Variant(1, paged(dim, complexity=dict(gated=True, diag=True, gate_mode="soft",
+                                                                   adaptive_topk_ratio=0.6))),
+        "phase_mix": Variant(1, paged(dim, complexity=soft_phase)),
+        "quorum_budget": Variant(1, paged(dim, complexity=dict(quorum, quorum_mix=0.75, budget_topk_ratio=0.2))),
+        "kinetics_coupled": Variant(1, paged(dim, complexity=quorum, kinetics_coupling=True, kinetics_mix=0.5)),
+        "codebook": Variant(1, paged(dim, complexity=dict(quorum, codebook_mix=0.7, codebook_size=16,
+                                                              codebook_topk=3))),
+        "manifold_route": Variant(1, paged(dim, complexity=soft_phase, page_routing="manifold")),
+        "hierarchical_route": Variant(1, dict(paged(dim, complexity=soft_phase), num_pages=4,
+                                              page_routing="hierarchical", coarse_pages=2, fine_pages=2)),
+        "same_heads_4": Variant(4, None),
+    }
+
+
+def protocol_variants(setup: Setup, variants: dict[str, Variant] | None = None) -> tuple[dict, list, list[str]]:
+    variants = variants or gate_variants(setup.dim)
+    metrics = {}
+    for name, variant in variants.items():
+        runs = []
+        for seed in setup.seeds:
+            run: dict[str, Any] = {}
+            for task in TASKS:
+                loss, ms, _ = run_task(variant, setup, seed, task)
+                run[task] = {"final_loss": loss, "step_ms": ms}
+            runs.append(run)
+        metrics[name] = collect(runs)
+        print(f"  {name}: done", file=sys.stderr)
+    checks = [{"path": f"{n}.{t}.final_loss", "kind": "loss"} for n in metrics for t in TASKS]
+    rows = [[n, str(variants[n].internal_heads()), fmt(c["spiral"]["final_loss"]),
+             fmt(c["helix_drift"]["final_loss"]), fmt(c["spiral"]["step_ms"], 3)] for n, c in metrics.items()]
+    return metrics, checks, markdown_table(["variant", "heads", "spiral", "helix+drift", "step ms"], rows)
+
+
+def protocol_kinetics(setup: Setup) -> tuple[dict, list, list[str]]:
+    quorum = dict(PHASE_QUORUM, phase_pairs=phase_pairs(setup.dim))
+    variants = {f"mix_{k:g}": Variant(1, paged(setup.dim, complexity=quorum, kinetics_coupling=True, kinetics_mix=k))
+                for k in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    variants["same_heads"] = Variant(2, None)
+    return protocol_variants(setup, variants)
+
+
+PROTOCOLS = {"symplectic": protocol_symplectic, "interference": protocol_interference,
+             "threshold": protocol_threshold, "variants": protocol_variants, "kinetics": protocol_kinetics}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("protocol", choices=sorted(PROTOCOLS))
+    p.add_argument("--dim", type=int, default=32)
+    p.add_argument("--seq-len", type=int, default=64)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--chunk", type=int, default=8)
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated torch seeds")
+    p.add_argument("--long-len", type=int, default=192, help="long-horizon sequence length (symplectic)")
+    p.add_argument("--long-steps", default="20,10,10", help="long-horizon warm-up, perturb, recovery steps")
+    p.add_argument("--dims", default="16,64", help="widths of the threshold sweep")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--tag", default="local")
+    p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/symplectic_PROTOCOL.json)")
+    p.add_argument("--csv", default=None, help="append one row of means to this CSV file")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    extra: dict[str, Any] = {}
+    if args.protocol == "symplectic":
+        extra = {"long_len": args.long_len, "long_steps": [int(s) for s in args.long_steps.split(",")]}
+    if args.protocol == "threshold":
+        extra = {"dims": [int(d) for d in args.dims.split(",")]}
+    setup = Setup(args.dim, args.seq_len, args.batch, args.chunk, args.steps,
+                  tuple(int(s) for s in args.seeds.split(",")), extra)
+    metrics, checks, table = PROTOCOLS[args.protocol](setup)
+    out = Path(args.out or f"benchmarks/results/symplectic_{args.protocol}.json")
+    return write_report(args.protocol, args.tag, setup, metrics, checks, out,
+                        Path(args.csv) if args.csv else None, table)
+
+
+if __name__ == "__main__":
+    main()
