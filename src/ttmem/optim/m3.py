@@ -38,34 +38,42 @@ entry), an entry of ``√V`` the scale of that one gradient entry. The repairs k
    *before* orthogonalising, and give the result the paper's own ``orth`` (Newton–Schulz direction
    rescaled to its input's Frobenius norm):
 
-       U = orth(M̂1 / (√V̂ + ε)) + α orth(M̂2 / (√V̂_k + ε)),   ‖orth(P)‖_F = ‖P‖_F,
+       U = orth(M̂1 / (√V̂ + ε)) + α orth(M̂2 / (√V̂2 + ε)),   ‖orth(P)‖_F = ‖P‖_F,
 
-   where ``V̂_k`` is the second moment at the end of the slow chunk. ``P`` is Adam's dimensionless update,
+   where ``V2`` is a second moment on the slow momentum's time scale (below). ``P`` is Adam's dimensionless update,
    so the per-entry adaptivity is kept (a tiny ``√V̂_ij`` only enlarges one entry of the matrix that is
    orthogonalised) and the update has exactly the Frobenius norm, hence the RMS, of Adam's update with
    the same momentum: Newton–Schulz chooses the direction, Adam the size. That size is bounded: by
    Cauchy–Schwarz on the two exponential averages, every entry of Adam's update obeys
    ``|m̂_t| / √v̂_t ≤ (1 − β1) / √((1 − β2)(1 − β1²/β2))`` (1.165 at ``β1, β2 = 0.9, 0.95``, the
-   supremum over ``t``; 1 at ``t = 1``), so ``RMS(U) ≤ 1.165 (1 + α)`` for every gradient sequence
-   (``β1² < β2``).
+   supremum over ``t``; 1 at ``t = 1``), so the fast term has ``RMS ≤ 1.165``.
 
    *Why Adam's size and not a fixed one.* The first stable form (now ``"precondition-shape"``) scaled
    the same direction by Muon's shape factor, ``U = s · (NS(P1) + α NS(P2))`` with
-   ``s = update_rms · √max(m, n)``, so every matrix moved by RMS ``lr · update_rms`` at every step,
-   whatever the gradient said. On ``mac-tiny`` at lr 1e-2 (3x its best) that diverged, and the
-   measurement (README, "Nested Learning optimizers") shows the mechanism. While training goes well,
-   a fixed-size step along a persistent direction makes every hidden matrix grow linearly (weight RMS
-   0.03 → 0.15 in 15 steps, 5x what AdamW's steps did at the same lr; the zero-initialised gate
-   projections of the memory layers to 0.26). The network sharpens until the gradient norm jumps from
-   about 1 to 1e5–1e8 (steps 17–23, first and mostly in the embedding and the first MAC block); the
-   trainer clips it to norm 1, so every other matrix's gradient falls by 1e5 or more. Adam's ``P``
-   then shrinks (``M̂`` decays at ``β1``, ``√V̂`` more slowly), which is how AdamW recovers; but
-   ``NS(P)`` has singular values near 1 for any nonzero ``P``, so the shape-scaled rule kept moving
-   every matrix at full size along its stale momentum for the rest of the run, and the loss climbed
-   from 2.7 to 6. Sending the embeddings and norms to a lower lr, the gate projections or persistent
-   tokens to AdamW, did not prevent it; Adam's size did. Normalising by a fixed RMS throws away the
-   one number ``P`` carries besides its direction, its size, which says how consistently the gradient
-   has pointed that way (Adam's signal-to-noise ratio); ``orth`` keeps it, as the paper's own rule does.
+   ``s = update_rms · √max(m, n)``, so every matrix moved by RMS about ``lr · update_rms`` at every step,
+   whatever the gradient said. On ``mac-tiny`` at lr 1e-2 (3x its best) that diverged, and per-parameter
+   measurements (README, "Nested Learning optimizers") show how. A fixed-size step along a persistent
+   direction grows every hidden matrix steadily: median weight RMS 2.0x its initial value by step 15 and
+   5.0x by step 60, against 1.2x and 1.6x with AdamW at the same lr; the memory layers' gate projections,
+   initialised at zero, reached RMS 0.26 (AdamW: 0.05). The network sharpens until the gradient norm,
+   1–6 until step 16, reaches 1.7e2 at step 17, 1e5 at step 20 and 1e6–2e8 from step 23 on (55–80% of
+   it in the embedding table, the next shares in the first MAC block). The trainer clips it to norm 1,
+   so every other matrix's gradient falls by a factor 1e5 or more. Adam's ``P`` then shrinks (``M̂``
+   forgets at ``β1``, ``√V̂`` more slowly), which is how AdamW recovers; but ``NS(P)`` has singular
+   values near 1 for any nonzero ``P``, so the fixed-size rule kept moving every matrix at full size
+   along its stale momentum for the rest of the run, and the training loss climbed from 2.7 to 6.
+   Giving the AdamW-routed embeddings and norms a third of the lr, or sending the gate projections or
+   the persistent tokens to AdamW, did not prevent it; taking Adam's size did. A fixed RMS throws away
+   the one number ``P`` carries besides its direction, its size, which says how consistently the
+   gradient has pointed that way; ``orth`` keeps it, as in the paper's own rule.
+
+   *The slow term gets its own second moment.* ``M2`` averages over ``f / (1 − β3)`` steps (100 at the
+   defaults), ``V`` over ``1 / (1 − β2)`` (20): when gradients shrink, ``V`` forgets the old scale long
+   before ``M2`` does, so ``M̂2 / √V̂`` grows without bound. The default divides ``M̂2`` by ``V2``, the
+   same exponential average as ``M2`` (same ``β3``, bias correction and chunks) of each chunk's mean
+   squared gradient. With equal rates, Cauchy–Schwarz and Jensen give ``|M̂2_ij| ≤ √V̂2_ij``, so
+   ``U = orth(M̂1 / (√V̂ + ε)) + α orth(M̂2 / (√V̂2 + ε))`` obeys ``RMS(U) ≤ 1.165 + α`` for every
+   gradient sequence (``β1² < β2``). It costs two more parameter-sized buffers per matrix.
 2. ``variant="orth-moment"`` (AdaMuon's choice): take the second moment of the orthogonalised direction,
    ``O = NS(M̂1) + α NS(M̂2)``, ``V ← β2 V + (1 − β2) O²``, ``U = O / (√V̂ + ε)``. Numerator and
    denominator now have the same units, and since ``V̂_t ≥ (1 − β2) O_t² / (1 − β2^t)``, every entry obeys
