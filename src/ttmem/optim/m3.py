@@ -56,12 +56,13 @@ entry), an entry of ``√V`` the scale of that one gradient entry. The repairs k
    direction grows every hidden matrix steadily: median weight RMS 2.0x its initial value by step 15 and
    5.0x by step 60, against 1.2x and 1.6x with AdamW at the same lr; the memory layers' gate projections,
    initialised at zero, reached RMS 0.26 (AdamW: 0.05). The network sharpens until the gradient norm,
-   1–6 until step 16, reaches 1.7e2 at step 17, 1e5 at step 20 and 1e6–2e8 from step 23 on (55–80% of
-   it in the embedding table, the next shares in the first MAC block). The trainer clips it to norm 1,
-   so every other matrix's gradient falls by a factor 1e5 or more. Adam's ``P`` then shrinks (``M̂``
-   forgets at ``β1``, ``√V̂`` more slowly), which is how AdamW recovers; but ``NS(P)`` has singular
-   values near 1 for any nonzero ``P``, so the fixed-size rule kept moving every matrix at full size
-   along its stale momentum for the rest of the run, and the training loss climbed from 2.7 to 6.
+   1–6 until step 16, reaches 1.2e2 at step 17, 2.5e3 at step 19 and stays between 2e4 and 8e7 from
+   step 20 on (64% of it in the embedding table at step 20, the next shares in the first MAC block).
+   The trainer clips it to norm 1, so every other matrix's gradient falls by a factor 1e4 or more.
+   Adam's ``P`` then shrinks (``M̂`` forgets at ``β1``, ``√V̂`` more slowly), which is how AdamW
+   recovers; but ``NS(P)`` has singular values near 1 for any nonzero ``P``, so the fixed-size rule
+   kept moving every matrix at full size (median update RMS 1.2 lr at step 30) along its stale momentum, and
+   the training loss climbed from 2.65 (step 6) to 5.5–5.9.
    Giving the AdamW-routed embeddings and norms a third of the lr, or sending the gate projections or
    the persistent tokens to AdamW, did not prevent it; taking Adam's size did. A fixed RMS throws away
    the one number ``P`` carries besides its direction, its size, which says how consistently the
@@ -84,6 +85,12 @@ entry), an entry of ``√V`` the scale of that one gradient entry. The repairs k
    ``update_rms``. Variants ``"precondition-shape"`` (above) and ``"rms-only"`` use it;
    ``"rms-only"`` (``U = s · (NS(M̂1) + α NS(M̂2))``, Muon with a slow momentum) drops the second moment
    and is the ablation that shows what ``V`` adds.
+
+``"precondition"`` is the default because, with every candidate tuned on the same grids (README, "Nested
+Learning optimizers"), it tied the best fixed-size rule on ``transformer-tiny`` and, unlike it, trained at
+every lr from 1e-3 to 1e-2 on ``mac-tiny`` with the same best lr (1e-2) on both models; at 3e-2 it still
+breaks on ``mac-tiny`` (gradient norm 1e4–1e7 from step 20 on), where AdamW recovers. The default ``lr``,
+3e-3, is a third of that best lr.
 
 ``update_rms`` is the size of the fixed-size variants (``"precondition-shape"``, ``"orth-moment"``,
 ``"rms-only"``); the default variant takes its size from Adam and does not read it. ``update_rms = 1.0``
