@@ -89,8 +89,9 @@ entry), an entry of ``√V`` the scale of that one gradient entry. The repairs k
 ``"precondition"`` is the default because, with every candidate tuned on the same grids (README, "Nested
 Learning optimizers"), it tied the best fixed-size rule on ``transformer-tiny`` and, unlike it, trained at
 every lr from 1e-3 to 1e-2 on ``mac-tiny`` with the same best lr (1e-2) on both models; at 3e-2 it still
-breaks on ``mac-tiny`` (gradient norm 1e4–1e7 from step 20 on), where AdamW recovers. The default ``lr``,
-3e-3, is a third of that best lr.
+breaks on ``mac-tiny`` (gradient norm 1e4–1e7 from step 20 on), where AdamW recovers; one-off checks there
+implicate the fused query/key/value projections, orthogonalised as one ``(3d, d)`` matrix. The default
+``lr``, 3e-3, is a third of that best lr.
 
 ``update_rms`` is the size of the fixed-size variants (``"precondition-shape"``, ``"orth-moment"``,
 ``"rms-only"``); the default variant takes its size from Adam and does not read it. ``update_rms = 1.0``
