@@ -2,7 +2,8 @@
 
 Everything runs through `ttmem.train.Trainer`, the code path of ``ttmem train optimizer=NAME lr=X ...``:
 optimizers are built by name by `ttmem.train.optim.build_optimizer` (``m3`` is the stable M3, ``m3-paper``
-the literal rule, ``m3-precondition`` / ``m3-rms-only`` the other candidates of its ablation), the
+the literal rule, ``m3-precondition-shape`` / ``m3-orth-moment`` / ``m3-rms-only`` the other candidates of
+its ablation), the
 schedule is the trainer's warm-up + cosine, gradients are clipped by the trainer, and validation bits per
 byte is the trainer's own (the first ``eval_tokens`` tokens of the corpus's validation split). The corpus is
 the trainer's default ``stdlib`` (the Python standard library's ``.py`` sources, split by a hash of each
@@ -12,7 +13,10 @@ file's path), with no synthetic task mixed in (``aux_task=``): this is a languag
    model from the same initial weights on the same batches for the same steps with the same schedule, at
    each learning rate of its grid (default 5 points spaced 3x). While the best validation bpb sits at an
    end of the grid, the grid is extended by one more 3x step past that end (at most ``--extend`` times);
-   a diverged run counts as worse than any finished one.
+   a run stopped by non-finite values counts as worse than any finished one. **Divergence** is reported
+   plainly: a run diverged if it stopped on non-finite values or ended with a validation bpb above that
+   of its initial weights (``initial_val_bpb``, the same per model and seed for every optimizer). Each
+   grid reports the runs within 3x of its best lr and whether any of them diverged.
 2. **Seeds.** Each optimizer's best learning rate is rerun with every seed of ``--seeds`` (the seed sets the
    initial weights and the batches; every optimizer sees the same ones per seed); on the ``--confirm``
    models only the ``--focus`` optimizers (default AdamW and M3) get every seed, the others the first.
@@ -82,6 +86,7 @@ DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
     "m3": ADAM_SCALE,
     "m3-paper": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
     "m3-precondition": ADAM_SCALE,
+    "m3-precondition-shape": ADAM_SCALE,
     "m3-orth-moment": ADAM_SCALE,
     "m3-rms-only": ADAM_SCALE,
     "deepmomentumgd": SGD_SCALE,
@@ -90,6 +95,7 @@ DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
 DEFAULT_OPTIMIZERS = ("adamw", "m3", "m3-paper", "deepmomentumgd", "nesteddeepmomentumgd")
 DISPLAY = {
     "adamw": "AdamW", "m3": "M3 (stable)", "m3-paper": "M3 (paper)", "m3-precondition": "M3 (precondition)",
+    "m3-precondition-shape": "M3 (precondition-shape)",
     "m3-rms-only": "M3 (rms-only)", "m3-orth-moment": "M3 (orth-moment)", "deepmomentumgd": "DeepMomentumGD",
     "nesteddeepmomentumgd": "NestedDeepMomentumGD", "momentumgd": "MomentumGD",
 }
@@ -234,7 +240,17 @@ class Runner:
     def __init__(self, args: argparse.Namespace, corpus: Corpus):
         self.args, self.corpus, self.runs, self.models = args, corpus, [], {}
         self.reused: dict[str, dict[str, Any]] = {}
+        self.initial: dict[tuple[str, int], float] = {}
         self.load_reused()
+
+    def initial_bpb(self, model: str, seed: int) -> float:
+        """Validation bpb of the initial weights of (model, seed): the level above which a run diverged."""
+        if (model, seed) not in self.initial:
+            out_dir = fresh(Path(self.args.runs_dir) / f"initial-{model}-seed{seed}")
+            config, _ = run_config([*shared_overrides(self.args, self.args.steps, model, seed), "optimizer=adamw"],
+                                    out_dir)
+            self.initial[(model, seed)] = Trainer(config, corpus=self.corpus).validate()["bpb"]
+        return self.initial[(model, seed)]
 
     def load_reused(self) -> None:
         """(Re)read the ``--reuse`` files; another benchmark process may have added runs since."""
@@ -282,6 +298,7 @@ class Runner:
             record = {"model": model, "optimizer": name, "lr": lr, "seed": seed, **run, "command": command,
                       "settings": settings}
             source = f"wall {run['wall_seconds']:.0f}s"
+        record["initial_val_bpb"] = self.initial_bpb(model, seed)
         self.runs.append(record)
         self.save_partial()
         bpb = "diverged" if record["diverged"] else f"{record['val_bpb']:.4f}"
@@ -300,6 +317,18 @@ def score(record: dict[str, Any]) -> float:
     return float("inf") if record["diverged"] else record["val_bpb"]
 
 
+def diverged(record: dict[str, Any]) -> bool:
+    """Stopped on non-finite values, or ended above the validation bpb of its initial weights."""
+    return record["diverged"] or record["val_bpb"] > record["initial_val_bpb"]
+
+
+def near_best(records: dict[float, dict[str, Any]], best: float) -> dict[str, Any]:
+    """The grid's runs within 3x of ``best`` (1-3-10 grids: 10/3 apart counts as 3x), and which diverged."""
+    near = {lr: r for lr, r in records.items() if best / 3.5 <= lr <= best * 3.5}
+    return {"within_3x": {f"{lr:g}": score(r) for lr, r in near.items()},
+            "diverged_within_3x": [f"{lr:g}" for lr, r in near.items() if diverged(r)]}
+
+
 def tune(runner: Runner, name: str, grid: tuple[float, ...]) -> dict[str, Any]:
     """Run the grid on the grid model; extend it past whichever end holds the best point."""
     args, lrs = runner.args, sorted(grid)
@@ -313,7 +342,8 @@ def tune(runner: Runner, name: str, grid: tuple[float, ...]) -> dict[str, Any]:
     finished = score(records[best]) < float("inf")
     edge = None if best not in (lrs[0], lrs[-1]) else "low" if best == lrs[0] else "high"
     return {"optimizer": name, "grid": lrs, "lr": best if finished else None,
-            "best_at_grid_edge": edge if finished else None}
+            "best_at_grid_edge": edge if finished else None,
+            "initial_val_bpb": records[best]["initial_val_bpb"], **near_best(records, best)}
 
 
 def seed_summary(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -467,11 +497,21 @@ def print_tables(result: dict) -> None:
             continue
         edge = grids[row["optimizer"]]["best_at_grid_edge"] if row["model"] == cfg["model"] else None
         note = f" ({edge} end)" if edge else ""
-        diverged = f", {len(row['diverged_seeds'])} diverged" if row["diverged_seeds"] else ""
+        stopped = f", {len(row['diverged_seeds'])} diverged" if row["diverged_seeds"] else ""
         interleaved = f"{row['interleaved_seconds_per_step']:.2f}" if "interleaved_seconds_per_step" in row else ""
-        print(f"| {row['model']} | {name} | {grid} | {row['lr']:g}{note} | {row['mean']:.4f}{diverged} | "
+        print(f"| {row['model']} | {name} | {grid} | {row['lr']:g}{note} | {row['mean']:.4f}{stopped} | "
               f"{row['min']:.4f}–{row['max']:.4f} | {row['std']:.4f} | {row['seconds_per_step']:.2f} | "
               f"{interleaved} |")
+    print(f"\nDivergence near the best lr on {cfg['model']} (seed {cfg['seed']}): a run diverged if it stopped on "
+          "non-finite values or ended above the validation bpb of its initial weights")
+    print("| optimizer | best lr | initial val bpb | val bpb within 3x of best | diverged within 3x |\n"
+          "|---|---|---|---|---|")
+    for tuned in result["best"]:
+        if tuned["lr"] is None:
+            continue
+        near = ", ".join(f"{lr} ({bpb_text(v)})" for lr, v in tuned["within_3x"].items())
+        print(f"| {DISPLAY.get(tuned['optimizer'], tuned['optimizer'])} | {tuned['lr']:g} | "
+              f"{tuned['initial_val_bpb']:.4f} | {near} | {', '.join(tuned['diverged_within_3x']) or 'none'} |")
     cont = result.get("continual")
     if cont:
         name = DISPLAY.get(cont["optimizer"], cont["optimizer"])

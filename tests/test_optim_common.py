@@ -20,6 +20,7 @@ from ttmem.optim import (
 OPTIMIZERS = {
     "M3": (lambda p, lr: M3(p, lr=lr, frequency=3), 1e-2),
     "M3-precondition": (lambda p, lr: M3(p, lr=lr, frequency=3, variant="precondition"), 1e-2),
+    "M3-precondition-shape": (lambda p, lr: M3(p, lr=lr, frequency=3, variant="precondition-shape"), 6e-3),
     "M3-rms-only": (lambda p, lr: M3(p, lr=lr, frequency=3, variant="rms-only"), 6e-3),
     "M3-no-orthogonalize": (lambda p, lr: M3(p, lr=lr, frequency=3, orthogonalize=False), 3e-2),
     "M3-paper": (lambda p, lr: M3(p, lr=lr, frequency=3, variant="paper", betas=(0.9, 0.999, 0.9)), 3e-2),

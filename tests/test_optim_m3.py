@@ -129,9 +129,9 @@ def test_non_matrix_parameters_follow_torch_adamw_exactly():
                                        rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("variant", ["precondition", "rms-only", "orth-moment"])
-def test_hidden_matrix_update_has_the_target_rms(variant):
-    """First step: an update of RMS about lr * update_rms, whatever the gradient's scale (AdamW's size).
+@pytest.mark.parametrize("variant", ["precondition-shape", "rms-only", "orth-moment"])
+def test_fixed_size_variants_have_the_target_rms(variant):
+    """First step: an update of RMS about lr * update_rms, whatever the gradient's scale.
 
     The shape-based factor gives exactly that RMS when every singular value of the Newton–Schulz output
     is 1; they lie in SINGULAR_VALUE_BAND, so the ratio does too. orth-moment normalises exactly."""
@@ -144,6 +144,68 @@ def test_hidden_matrix_update_has_the_target_rms(variant):
         optimizer.step()
         ratio = (model.up.weight - before).square().mean().sqrt().item() / (1e-2 * 0.2)
         assert low * (1 - 1e-4) <= ratio <= high * (1 + 1e-4), (scale, ratio)
+
+
+def gradient_sequence(steps: int, fade_after: int, fade: float) -> list[torch.Tensor]:
+    """Gradients of one (8, 5) matrix: a persistent direction plus noise, scaled by ``fade`` after
+    ``fade_after`` steps (what clipping does to every other matrix when one gradient explodes)."""
+    gen = torch.Generator().manual_seed(3)
+    signal = torch.randn(8, 5, generator=gen, dtype=torch.float64)
+    grads = [signal + 0.5 * torch.randn(8, 5, generator=gen, dtype=torch.float64) for _ in range(steps)]
+    return [g * (fade if t >= fade_after else 1.0) for t, g in enumerate(grads)]
+
+
+def update_norms(optimizer_factory, grads: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Per step: the update (parameter change) of one matrix."""
+    weight = nn.Parameter(torch.randn(8, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(4)))
+    optimizer = optimizer_factory([weight])
+    updates = []
+    for grad in grads:
+        before = weight.detach().clone()
+        weight.grad = grad.clone()
+        optimizer.step()
+        updates.append(weight.detach() - before)
+    return updates
+
+
+def test_default_update_has_adams_size_and_newton_schulz_direction():
+    """The default rule: each step's Frobenius norm is torch.optim.Adam's on the same gradients (slow
+    term off), its direction Newton–Schulz's (singular values equal up to the band), not Adam's."""
+    lr, grads = 1e-2, gradient_sequence(25, fade_after=12, fade=1e-6)
+    ours = update_norms(lambda p: M3(p, lr=lr, alpha=0.0, betas=(0.9, 0.95, 0.9)), grads)
+    adam = update_norms(lambda p: torch.optim.Adam(p, lr=lr, betas=(0.9, 0.95), eps=1e-8), grads)
+    for step, (mine, reference) in enumerate(zip(ours, adam, strict=True)):
+        torch.testing.assert_close(torch.linalg.matrix_norm(mine), torch.linalg.matrix_norm(reference),
+                                   rtol=1e-10, atol=0, msg=f"step {step}")
+        singular = torch.linalg.svdvals(mine)
+        low, high = SINGULAR_VALUE_BAND
+        assert singular.max() / singular.min() <= high / low, step
+    assert torch.linalg.svdvals(adam[5]).max() / torch.linalg.svdvals(adam[5]).min() > high / low
+
+
+def test_default_update_shrinks_when_gradients_vanish_where_fixed_size_does_not():
+    """After the gradient falls by 1e6 the default's fast term shrinks as Adam's does (the stale momentum
+    decays against the second moment); the fixed-size rule keeps stepping at lr * update_rms along it."""
+    lr, grads = 1e-2, gradient_sequence(40, fade_after=10, fade=1e-6)
+    default = update_norms(lambda p: M3(p, lr=lr, alpha=0.0), grads)
+    fixed = update_norms(lambda p: M3(p, lr=lr, alpha=0.0, variant="precondition-shape"), grads)
+    rms = [[u.square().mean().sqrt().item() / lr for u in run] for run in (default, fixed)]
+    low, _ = SINGULAR_VALUE_BAND
+    assert rms[0][-1] < 0.1 * rms[0][9], rms[0]
+    assert min(rms[1][10:]) >= low * (1 - 1e-6), rms[1]
+
+
+def test_default_update_obeys_the_documented_bound_with_a_long_slow_memory():
+    """RMS(U) <= 1.165 + alpha per unit lr (module docstring), also when the slow momentum remembers far
+    longer than the second moment (f / (1 - β3) = 1000 steps against 1 / (1 - β2) = 20) and the gradient
+    then vanishes: the slow term is divided by its own second moment, not by the fast one."""
+    lr, alpha, (beta1, beta2) = 1e-2, 0.5, (0.9, 0.95)
+    bound = (1 - beta1) / ((1 - beta2) * (1 - beta1**2 / beta2)) ** 0.5
+    assert abs(bound - 1.165) < 1e-3
+    grads = gradient_sequence(300, fade_after=40, fade=1e-6)
+    updates = update_norms(lambda p: M3(p, lr=lr, alpha=alpha, betas=(beta1, beta2, 0.99), frequency=10), grads)
+    rms = [u.square().mean().sqrt().item() / lr for u in updates]
+    assert max(rms) <= bound + alpha, max(rms)
 
 
 def test_state_dict_round_trip_mid_run_continues_identically():

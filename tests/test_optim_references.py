@@ -163,7 +163,7 @@ def ns_reference(momentum, steps=5):
     )
 
 
-@pytest.mark.parametrize("variant", ["orth-moment", "precondition", "rms-only"])
+@pytest.mark.parametrize("variant", ["orth-moment", "precondition", "precondition-shape", "rms-only"])
 def test_stable_m3_matches_naive_reference(variant):
     """The stable rules of the M3 module docstring, written out step by step; 1-D parameters get AdamW."""
     lr, (b1, b2, b3), alpha, f, eps, rms, wd = 0.02, (0.8, 0.9, 0.7), 0.4, 4, 1e-8, 0.2, 0.1
@@ -176,7 +176,7 @@ def test_stable_m3_matches_naive_reference(variant):
     )
     for index, shape in enumerate(SHAPES):
         theta = initial_params()[index]
-        m1, v, m2, chunk, o2 = (torch.zeros(shape, dtype=torch.float64) for _ in range(5))
+        m1, v, m2, chunk, o2, v2, chunk_sq = (torch.zeros(shape, dtype=torch.float64) for _ in range(7))
         rows, cols = shape[0], int(torch.tensor(shape[1:]).prod()) if len(shape) > 1 else 1
         shape_scale = rms * max(rows, cols) ** 0.5
         slow_updates = 0
@@ -187,7 +187,11 @@ def test_stable_m3_matches_naive_reference(variant):
             if len(shape) < 2:  # AdamW
                 v = b2 * v + (1 - b2) * g * g
                 update = m1_hat / ((v / (1 - b2**t)).sqrt() + eps)
-            elif variant == "precondition":
+            elif variant == "precondition":  # direction of NS, Frobenius norm of Adam's update
+                v = b2 * v + (1 - b2) * g * g
+                denom = (v / (1 - b2**t)).sqrt() + eps
+                update = orth_reference(m1_hat / denom) + alpha * o2
+            elif variant == "precondition-shape":
                 v = b2 * v + (1 - b2) * g * g
                 denom = (v / (1 - b2**t)).sqrt() + eps
                 update = shape_scale * (ns_reference(m1_hat / denom) + alpha * o2)
@@ -200,13 +204,19 @@ def test_stable_m3_matches_naive_reference(variant):
                     u = o / ((v / (1 - b2**t)).sqrt() + eps)
                     update = u * rms / u.square().mean().sqrt()
             theta = theta * (1 - lr * wd) - lr * update
-            chunk = chunk + g
+            chunk, chunk_sq = chunk + g, chunk_sq + g * g
             if len(shape) >= 2 and t % f == 0:
                 m2 = b3 * m2 + (1 - b3) * chunk / f
+                v2 = b3 * v2 + (1 - b3) * chunk_sq / f
                 slow_updates += 1
                 m2_hat = m2 / (1 - b3**slow_updates)
-                o2 = ns_reference(m2_hat / denom) if variant == "precondition" else ns_reference(m2_hat)
-                chunk = torch.zeros_like(chunk)
+                if variant == "precondition":  # the slow momentum over its own second moment
+                    o2 = orth_reference(m2_hat / ((v2 / (1 - b3**slow_updates)).sqrt() + eps))
+                elif variant == "precondition-shape":
+                    o2 = ns_reference(m2_hat / denom)
+                else:
+                    o2 = ns_reference(m2_hat)
+                chunk, chunk_sq = torch.zeros_like(chunk), torch.zeros_like(chunk)
         torch.testing.assert_close(ours[index], theta, rtol=0, atol=1e-10)
 
 

@@ -28,18 +28,53 @@ to 1e-1 the rule ended barely below a uniform guess on that model. At lr 1e-3 it
 learning rates is narrow.
 
 **The stable rules, and how they follow.** Write ``NS`` for the plain Newton–Schulz output, whose
-nonzero singular values lie in ``[0.68, 1.21]`` whatever its input's scale (``ttmem.newton_schulz``).
-The instability is a units mismatch: an entry of ``NS(M)`` has the scale of the whole matrix (about
-``1/√max(m, n)`` for every entry), an entry of ``√V`` the scale of that one gradient entry. Three repairs
-keep the paper's structure (fast and slow momentum, both orthogonalised, an adaptive second moment):
+nonzero singular values lie in ``[0.68, 1.21]`` whatever its input's scale (``ttmem.newton_schulz``),
+and ``P = M̂ / (√V̂ + ε)`` for Adam's update built from a momentum ``M̂``. The paper's instability is a
+units mismatch: an entry of ``NS(M)`` has the scale of the whole matrix (about ``1/√max(m, n)`` for every
+entry), an entry of ``√V`` the scale of that one gradient entry. The repairs keep the paper's structure
+(fast and slow momentum, both orthogonalised, an adaptive second moment):
 
 1. ``variant="precondition"`` (the default): divide by ``√V̂`` (of raw gradients, as in the paper)
-   *before* orthogonalising, ``U = s · (NS(M̂1 / (√V̂ + ε)) + α NS(M̂2 / (√V̂_k + ε)))``, where ``V̂_k``
-   is the second moment at the end of the slow chunk. ``M̂ / √V̂`` is Adam's dimensionless direction, so
-   the per-entry adaptivity is kept; a tiny ``√V̂_ij`` can now only enlarge one entry of the matrix that is
-   orthogonalised, and Newton–Schulz bounds the singular values of the result whatever that entry is. So
-   ``‖U‖_2 ≤ 1.21 · s · (1 + α)`` for every gradient sequence: no single step can be large (training can
-   still diverge at too high a learning rate; the README measures where).
+   *before* orthogonalising, and give the result the paper's own ``orth`` (Newton–Schulz direction
+   rescaled to its input's Frobenius norm):
+
+       U = orth(M̂1 / (√V̂ + ε)) + α orth(M̂2 / (√V̂2 + ε)),   ‖orth(P)‖_F = ‖P‖_F,
+
+   where ``V2`` is a second moment on the slow momentum's time scale (below). ``P`` is Adam's dimensionless update,
+   so the per-entry adaptivity is kept (a tiny ``√V̂_ij`` only enlarges one entry of the matrix that is
+   orthogonalised) and the update has exactly the Frobenius norm, hence the RMS, of Adam's update with
+   the same momentum: Newton–Schulz chooses the direction, Adam the size. That size is bounded: by
+   Cauchy–Schwarz on the two exponential averages, every entry of Adam's update obeys
+   ``|m̂_t| / √v̂_t ≤ (1 − β1) / √((1 − β2)(1 − β1²/β2))`` (1.165 at ``β1, β2 = 0.9, 0.95``, the
+   supremum over ``t``; 1 at ``t = 1``), so the fast term has ``RMS ≤ 1.165``.
+
+   *Why Adam's size and not a fixed one.* The first stable form (now ``"precondition-shape"``) scaled
+   the same direction by Muon's shape factor, ``U = s · (NS(P1) + α NS(P2))`` with
+   ``s = update_rms · √max(m, n)``, so every matrix moved by RMS about ``lr · update_rms`` at every step,
+   whatever the gradient said. On ``mac-tiny`` at lr 1e-2 (3x its best) that diverged, and per-parameter
+   measurements (README, "Nested Learning optimizers") show how. A fixed-size step along a persistent
+   direction grows every hidden matrix steadily: median weight RMS 2.0x its initial value by step 15 and
+   5.0x by step 60, against 1.2x and 1.6x with AdamW at the same lr; the memory layers' gate projections,
+   initialised at zero, reached RMS 0.26 (AdamW: 0.05). The network sharpens until the gradient norm,
+   1–6 until step 16, reaches 1.2e2 at step 17, 2.5e3 at step 19 and stays between 2e4 and 8e7 from
+   step 20 on (64% of it in the embedding table at step 20, the next shares in the first MAC block).
+   The trainer clips it to norm 1, so every other matrix's gradient falls by a factor 1e4 or more.
+   Adam's ``P`` then shrinks (``M̂`` forgets at ``β1``, ``√V̂`` more slowly), which is how AdamW
+   recovers; but ``NS(P)`` has singular values near 1 for any nonzero ``P``, so the fixed-size rule
+   kept moving every matrix at full size (median update RMS 1.2 lr at step 30) along its stale momentum, and
+   the training loss climbed from 2.65 (step 6) to 5.5–5.9.
+   Giving the AdamW-routed embeddings and norms a third of the lr, or sending the gate projections or
+   the persistent tokens to AdamW, did not prevent it; taking Adam's size did. A fixed RMS throws away
+   the one number ``P`` carries besides its direction, its size, which says how consistently the
+   gradient has pointed that way; ``orth`` keeps it, as in the paper's own rule.
+
+   *The slow term gets its own second moment.* ``M2`` averages over ``f / (1 − β3)`` steps (100 at the
+   defaults), ``V`` over ``1 / (1 − β2)`` (20): when gradients shrink, ``V`` forgets the old scale long
+   before ``M2`` does, so ``M̂2 / √V̂`` grows without bound. The default divides ``M̂2`` by ``V2``, the
+   same exponential average as ``M2`` (same ``β3``, bias correction and chunks) of each chunk's mean
+   squared gradient. With equal rates, Cauchy–Schwarz and Jensen give ``|M̂2_ij| ≤ √V̂2_ij``, so
+   ``U = orth(M̂1 / (√V̂ + ε)) + α orth(M̂2 / (√V̂2 + ε))`` obeys ``RMS(U) ≤ 1.165 + α`` for every
+   gradient sequence (``β1² < β2``). It costs two more parameter-sized buffers per matrix.
 2. ``variant="orth-moment"`` (AdaMuon's choice): take the second moment of the orthogonalised direction,
    ``O = NS(M̂1) + α NS(M̂2)``, ``V ← β2 V + (1 − β2) O²``, ``U = O / (√V̂ + ε)``. Numerator and
    denominator now have the same units, and since ``V̂_t ≥ (1 − β2) O_t² / (1 − β2^t)``, every entry obeys
@@ -47,27 +82,28 @@ keep the paper's structure (fast and slow momentum, both orthogonalised, an adap
    ``update_rms`` (Frobenius-based, as AdaMuon).
 3. Shape-based RMS matching (Muon / Moonlight), ``s = update_rms · √max(m, n)``: an ``m × n`` matrix
    whose singular values are all 1 has entry RMS ``1/√max(m, n)``, so the update has entry RMS about
-   ``update_rms``. Variants ``"precondition"`` and ``"rms-only"`` use it; ``"rms-only"``
-   (``U = s · (NS(M̂1) + α NS(M̂2))``, Muon with a slow momentum) drops the second moment and is the
-   ablation that shows what ``V`` adds.
+   ``update_rms``. Variants ``"precondition-shape"`` (above) and ``"rms-only"`` use it;
+   ``"rms-only"`` (``U = s · (NS(M̂1) + α NS(M̂2))``, Muon with a slow momentum) drops the second moment
+   and is the ablation that shows what ``V`` adds.
 
-``"precondition"`` is the default because it did best in the ablation in the README (section "Nested
-Learning optimizers"), where every candidate was tuned on the same learning-rate grid.
+``"precondition"`` is the default because, with every candidate tuned on the same grids (README, "Nested
+Learning optimizers"), it tied the best fixed-size rule on ``transformer-tiny`` and, unlike it, trained at
+every lr from 1e-3 to 1e-2 on ``mac-tiny`` with the same best lr (1e-2) on both models; at 3e-2 it still
+breaks on ``mac-tiny`` (gradient norm 1e4–1e7 from step 20 on), where AdamW recovers; one-off checks there
+implicate the fused query/key/value projections, orthogonalised as one ``(3d, d)`` matrix. The default
+``lr``, 3e-3, is a third of that best lr.
 
-**Which RMS.** The matrices and the AdamW-routed parameters share one ``lr``, so the matrix update must
-have the size of an AdamW update, or one of the two groups trains at the wrong rate. Moonlight matches
-``0.2``, the RMS of AdamW's update late in long runs. Early in training Adam's update is larger: at its
-first step ``m̂ / √v̂ = sign(g)``, RMS exactly 1, and it stays near 1 while gradients keep their sign. In
-the README's short runs, with ``update_rms = 0.2`` the best learning rate of M3 on ``transformer-tiny``
-was 10x AdamW's, and at that rate M3 failed on ``mac-tiny``, whose AdamW-routed parameters (embeddings,
-norms) then ran at 10x AdamW's own best rate (measured there). ``update_rms = 1.0`` (the default) matches Adam's
-first-step RMS, so one ``lr`` suits both groups; for long runs 0.2 is the usual choice.
+``update_rms`` is the size of the fixed-size variants (``"precondition-shape"``, ``"orth-moment"``,
+``"rms-only"``); the default variant takes its size from Adam and does not read it. ``update_rms = 1.0``
+(the default) is the RMS of Adam's update at its first step (``sign(g)``), so one ``lr`` suits both the
+matrices and the AdamW-routed parameters; Moonlight's 0.2 matches AdamW late in long runs.
 
 **Routing.** Orthogonalisation applies to parameters with at least 2 dims in a group whose
 ``orthogonalize`` is True (the default). Every other parameter (biases, norm gains, and 2-D parameters in
 a group with ``orthogonalize=False``: embedding tables and the output head, whose rows are tokens, not a
 linear map) gets AdamW in the stable variants: ``θ ← θ − lr · M̂1 / (√V̂ + ε)`` with ``β1, β2`` and the
-same ``lr``, which is comparable because the matrix updates are RMS-matched. ``m3_param_groups(model)``
+same ``lr``, which is comparable because the default matrix update has Adam's size (the fixed-size
+variants match Adam's first-step RMS with ``update_rms = 1``). ``m3_param_groups(model)``
 builds that split (``nn.Embedding`` tables and modules named ``lm_head`` / ``head`` / ``output`` go to
 the AdamW group; only ≥2-D parameters are decayed). The paper variant keeps its own fallback for these
 parameters, Adam with the slow momentum added: ``(M̂1 + α M̂2) / (√V̂ + ε)``.
@@ -105,7 +141,7 @@ from ttmem.optim.base import (
     reject_sparse,
 )
 
-VARIANTS = ("precondition", "orth-moment", "rms-only", "paper")
+VARIANTS = ("precondition", "precondition-shape", "orth-moment", "rms-only", "paper")
 DEFAULT_VARIANT = "precondition"
 # Module names whose weight is an output head (rows are tokens).
 HEAD_NAMES = ("lm_head", "head", "output")
@@ -204,10 +240,12 @@ class M3(CheckedOptimizer):
         ns_steps: Newton–Schulz iterations (>= 1).
         weight_decay: decoupled weight decay (>= 0).
         orthogonalize: whether ≥2-D parameters of the group are orthogonalised (else AdamW).
-        variant: ``"precondition"`` (default, stable), ``"orth-moment"``, ``"rms-only"`` or ``"paper"``
-            (the literal rule, unstable on uneven gradients).
-        update_rms: RMS of a matrix update per unit ``lr`` in the stable variants (> 0); 1.0 matches
-            Adam's first steps, Moonlight's 0.2 matches AdamW late in long runs (module docstring).
+        variant: ``"precondition"`` (default, stable: orthogonalised direction, Adam's size),
+            ``"precondition-shape"``, ``"orth-moment"``, ``"rms-only"`` (fixed-size ablations) or
+            ``"paper"`` (the literal rule, unstable on uneven gradients).
+        update_rms: RMS of a matrix update per unit ``lr`` in the fixed-size variants (> 0; the default
+            variant does not read it); 1.0 matches Adam's first steps, Moonlight's 0.2 matches AdamW late
+            in long runs (module docstring).
     """
 
     VARIANTS = VARIANTS
@@ -290,6 +328,8 @@ class M3(CheckedOptimizer):
         if group["variant"] == "paper" or self._orthogonalized(param, group):
             state["slow_updates"] = 0
             names += ["slow_momentum", "slow_direction", "chunk_grad_sum"]
+            if group["variant"] == "precondition" and self._orthogonalized(param, group):
+                names += ["slow_second_moment", "chunk_square_sum"]
         for name in names:
             state[name] = torch.zeros_like(param)
 
@@ -299,14 +339,24 @@ class M3(CheckedOptimizer):
 
     def _slow_update(self, state: dict[str, Any], grad: Tensor, group: dict[str, Any],
                      direction: Callable[[Tensor], Tensor]) -> None:
-        """Accumulate the chunk; at its end, update ``M2`` and store ``direction(M̂2)`` as ``O2``."""
+        """Accumulate the chunk; at its end, update ``M2`` and store ``direction(M̂2)`` as ``O2``.
+
+        With a slow second moment in the state (default variant), ``M̂2 / (√V̂2 + ε)`` goes to
+        ``direction`` instead, ``V2`` the same average as ``M2`` of the chunks' mean squared gradients."""
         state["chunk_grad_sum"].add_(grad)
+        if "chunk_square_sum" in state:
+            state["chunk_square_sum"].addcmul_(grad, grad)
         if state["step"] % group["frequency"]:
             return
-        beta3 = group["betas"][2]
-        state["slow_momentum"].lerp_(state["chunk_grad_sum"] / group["frequency"], 1 - beta3)
+        beta3, frequency = group["betas"][2], group["frequency"]
+        state["slow_momentum"].lerp_(state["chunk_grad_sum"] / frequency, 1 - beta3)
         state["slow_updates"] += 1
-        slow = state["slow_momentum"] / (1 - beta3 ** state["slow_updates"])
+        correction = 1 - beta3 ** state["slow_updates"]
+        slow = state["slow_momentum"] / correction
+        if "slow_second_moment" in state:
+            state["slow_second_moment"].lerp_(state["chunk_square_sum"] / frequency, 1 - beta3)
+            state["chunk_square_sum"].zero_()
+            slow.div_((state["slow_second_moment"] / correction).sqrt_().add_(group["eps"]))
         state["slow_direction"].copy_(direction(slow))
         state["chunk_grad_sum"].zero_()
 
@@ -338,12 +388,24 @@ class M3(CheckedOptimizer):
         variant, steps, eps = group["variant"], group["ns_steps"], group["eps"]
         state["fast_momentum"].lerp_(grad, 1 - beta1)
         fast = state["fast_momentum"] / (1 - beta1 ** state["step"])
-        if variant == "precondition":
+        if variant in ("precondition", "precondition-shape"):
             state["second_moment"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = self._second_moment_hat(state, beta2).sqrt_().add_(eps)
-            update = orthogonalize(fast / denom, steps).add_(state["slow_direction"], alpha=group["alpha"])
-            update.mul_(shape_rms_scale(param, group["update_rms"]))
-            self._slow_update(state, grad, group, lambda slow: orthogonalize(slow / denom, steps))
+            if variant == "precondition":
+                # Newton–Schulz's direction with the Frobenius norm of Adam's update; _slow_update divides
+                # the slow momentum by its own second moment.
+                update = orthogonalize_keep_norm(fast / denom, steps)
+
+                def slow_direction(slow: Tensor) -> Tensor:
+                    return orthogonalize_keep_norm(slow, steps)
+            else:
+                scale = shape_rms_scale(param, group["update_rms"])
+                update = orthogonalize(fast / denom, steps).mul_(scale)
+
+                def slow_direction(slow: Tensor) -> Tensor:
+                    return orthogonalize(slow / denom, steps).mul_(scale)
+            update.add_(state["slow_direction"], alpha=group["alpha"])  # O2 of the previous chunk
+            self._slow_update(state, grad, group, slow_direction)
             return update
         update = orthogonalize(fast, steps).add_(state["slow_direction"], alpha=group["alpha"])
         self._slow_update(state, grad, group, lambda slow: orthogonalize(slow, steps))
