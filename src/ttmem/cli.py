@@ -312,10 +312,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from ttmem.security.server import serve, wait_until_stopped
     from ttmem.security.serving import ServingEngine
 
-    torch.set_num_threads(args.threads)
-    sys.setswitchinterval(1e-4)  # let handler threads answer promptly while the worker holds the GIL
     engine = ServingEngine(build_backend(args.backend), mode=args.mode, max_new_tokens=args.max_new_tokens)
     with serve(engine, port=args.port, lifetime_s=args.lifetime_s) as server:
+        torch.set_num_threads(args.threads)
+        sys.setswitchinterval(1e-4)  # let handler threads answer promptly while the worker holds the GIL
         print(f"PORT {server.port}", flush=True)
         wait_until_stopped(server)
     return 0
