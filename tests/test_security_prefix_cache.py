@@ -1,18 +1,13 @@
 """Prefix cache: LRU eviction with trie pruning, prefix states that continue like uncached ones, exact-only reuse."""
 
-import pytest
 import torch
 from serving_cases import tiny_backend
 
 from ttmem.security.prefix_cache import PrefixCache
 
 
-@pytest.fixture(scope="module")
-def attention():
-    return tiny_backend("attention")
-
-
-def test_prefix_cache_eviction_and_slicing(attention):
+def test_prefix_cache_eviction_and_slicing():
+    attention = tiny_backend("attention")
     cache = PrefixCache(attention, max_entries=2)
     prompts = [[1, 2, 3], [1, 2, 4, 5], [7, 8]]
     for p in prompts:

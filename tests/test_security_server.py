@@ -16,16 +16,6 @@ from ttmem.security.serving import ServingEngine
 LIFETIME_S = 60.0
 
 
-@pytest.fixture(scope="module")
-def attention():
-    return tiny_backend("attention")
-
-
-@pytest.fixture(scope="module")
-def theta():
-    return tiny_backend("theta")
-
-
 def _raw(port, method, path, body=b"", headers=None):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     try:
@@ -37,8 +27,8 @@ def _raw(port, method, path, body=b"", headers=None):
 
 
 @pytest.mark.parametrize("mode", ["shared", "isolated"])
-def test_malformed_requests_get_4xx_and_leave_state_alone(attention, theta, mode):
-    backend = attention if mode == "shared" else theta
+def test_malformed_requests_get_4xx_and_leave_state_alone(mode):
+    backend = tiny_backend("attention" if mode == "shared" else "theta")
     engine = ServingEngine(backend, mode=mode, max_prompt_tokens=50, max_new_tokens=8)
     with serve(engine, max_body_bytes=2000, lifetime_s=LIFETIME_S) as srv:
         port = srv.port
@@ -88,8 +78,8 @@ def _refuses_connections(port):
     return False
 
 
-def test_clean_shutdown_releases_port_and_worker(attention):
-    engine = ServingEngine(attention)
+def test_clean_shutdown_releases_port_and_worker():
+    engine = ServingEngine(tiny_backend("attention"))
     srv = serve(engine, lifetime_s=LIFETIME_S)
     port = srv.port
     assert post_json("127.0.0.1", port, "/generate", {"user": "a", "prompt": [1, 2]})[0] == 200
@@ -100,8 +90,8 @@ def test_clean_shutdown_releases_port_and_worker(attention):
         engine.submit("a", [1])
 
 
-def test_server_stops_by_itself_when_its_lifetime_ends(attention):
-    engine = ServingEngine(attention)
+def test_server_stops_by_itself_when_its_lifetime_ends():
+    engine = ServingEngine(tiny_backend("attention"))
     start = time.monotonic()
     srv = serve(engine, lifetime_s=0.5)
     assert post_json("127.0.0.1", srv.port, "/generate", {"user": "a", "prompt": [1, 2]})[0] == 200
@@ -112,8 +102,8 @@ def test_server_stops_by_itself_when_its_lifetime_ends(attention):
     srv.close()  # closing a server that already stopped is harmless
 
 
-def test_only_loopback_ports_and_finite_lifetimes(attention):
-    engine = ServingEngine(attention)
+def test_only_loopback_ports_and_finite_lifetimes():
+    engine = ServingEngine(tiny_backend("attention"))
     with pytest.raises(ValueError, match="host"):
         serve(engine, host="0.0.0.0")
     with pytest.raises(ValueError, match="port"):

@@ -8,17 +8,8 @@ from serving_cases import greedy, tiny_backend
 from ttmem.security.serving import ServingEngine
 
 
-@pytest.fixture(scope="module")
-def attention():
-    return tiny_backend("attention")
-
-
-@pytest.fixture(scope="module")
-def theta():
-    return tiny_backend("theta")
-
-
-def test_prefix_cache_reuse_gives_the_uncached_answer(attention):
+def test_prefix_cache_reuse_gives_the_uncached_answer():
+    attention = tiny_backend("attention")
     engine = ServingEngine(attention, mode="shared").start()
     try:
         first = [1, 2, 3, 4, 5, 6, 7]
@@ -43,7 +34,8 @@ def _order_of_completion(engine, blocker, prompts):
     return done
 
 
-def test_longest_prefix_first_order_in_shared_mode(attention):
+def test_longest_prefix_first_order_in_shared_mode():
+    attention = tiny_backend("attention")
     engine = ServingEngine(attention, mode="shared", max_new_tokens=64).start()
     try:
         engine.generate("victim", [3, 1, 4, 1, 5, 9, 2, 6], 1)
@@ -53,7 +45,8 @@ def test_longest_prefix_first_order_in_shared_mode(attention):
         engine.stop()
 
 
-def test_first_come_first_served_in_isolated_mode(theta):
+def test_first_come_first_served_in_isolated_mode():
+    theta = tiny_backend("theta")
     engine = ServingEngine(theta, mode="isolated", max_new_tokens=64).start()
     try:
         engine.generate("victim", [3, 1, 4, 1, 5, 9, 2, 6], 1)
@@ -63,7 +56,8 @@ def test_first_come_first_served_in_isolated_mode(theta):
         engine.stop()
 
 
-def test_known_modes_backends_and_positive_bounds(attention):
+def test_known_modes_backends_and_positive_bounds():
+    attention = tiny_backend("attention")
     with pytest.raises(ValueError, match="mode"):
         ServingEngine(attention, mode="public")
     with pytest.raises(TypeError, match="backend"):
