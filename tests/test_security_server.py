@@ -102,7 +102,7 @@ def test_server_stops_by_itself_when_its_lifetime_ends():
     srv.close()  # closing a server that already stopped is harmless
 
 
-def test_only_loopback_ports_and_finite_lifetimes():
+def test_only_loopback_free_ports_and_finite_lifetimes():
     engine = ServingEngine(tiny_backend("attention"))
     with pytest.raises(ValueError, match="host"):
         serve(engine, host="0.0.0.0")
@@ -111,4 +111,7 @@ def test_only_loopback_ports_and_finite_lifetimes():
     for lifetime in (0.0, float("inf")):
         with pytest.raises(ValueError, match="lifetime_s"):
             serve(engine, lifetime_s=lifetime)
+    with serve(ServingEngine(tiny_backend("attention")), lifetime_s=LIFETIME_S) as taken:
+        with pytest.raises(OSError):
+            serve(engine, port=taken.port)
     assert engine._worker is None  # rejected before anything started

@@ -15,6 +15,7 @@ not outlive its purpose; ``close()`` ends it sooner. ``wait_until_stopped`` is t
 from __future__ import annotations
 
 import json
+import math
 import signal
 import threading
 import time
@@ -111,10 +112,10 @@ class RunningServer:
             raise ValueError(f"host must be a loopback address {LOOPBACK}, got {host!r}")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be an int in [0, 65535] (0 picks a free one), got {port!r}")
-        if not 0 < lifetime_s < float("inf"):
-            raise ValueError(f"lifetime_s must be a finite number of seconds > 0, got {lifetime_s}")
-        self.engine = engine.start()
+        if isinstance(lifetime_s, bool) or not isinstance(lifetime_s, (int, float)) or not 0 < lifetime_s < math.inf:
+            raise ValueError(f"lifetime_s must be a finite number of seconds > 0, got {lifetime_s!r}")
         self.httpd = _HTTPServer((host, port), _make_handler(engine, max_body_bytes, timeout_s))
+        self.engine = engine.start()  # after the bind, which may fail (port in use)
         self.host, self.port = host, self.httpd.server_address[1]
         self._deadline = time.monotonic() + lifetime_s
         self._closing = threading.Event()
