@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -246,19 +247,33 @@ def test_demo_prints_the_recall_of_each_rule(capsys):
         assert name == rule and [float(c) for c in cells] == [round(recall(rule, n, 8), 2) for n in SIZES]
 
 
+def _serve(*extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "ttmem", "serve", "--backend", "tiny-theta:8", "--max-new-tokens", "2", *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 def test_serve_listens_on_loopback_and_stops_by_itself_after_its_lifetime():
     from ttmem.security.client import post_json
 
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "ttmem", "serve", "--backend", "tiny-theta:8", "--max-new-tokens", "2",
-           "--lifetime-s", "3"]
-    with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+    with _serve("--lifetime-s", "3") as proc:
         try:
             port = int(proc.stdout.readline().split()[1])
             request = {"user": "a", "prompt": [1], "max_new_tokens": 2}
             status, body, _ = post_json("127.0.0.1", port, "/generate", request)
             assert status == 200 and len(body["tokens"]) == 2
             assert proc.wait(timeout=60) == 0 and proc.stderr.read() == ""
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_serve_ends_normally_on_ctrl_c_right_after_it_listens():
+    with _serve("--lifetime-s", "60") as proc:
+        try:
+            assert proc.stdout.readline().startswith("PORT ")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0 and proc.stderr.read() == ""
         finally:
             if proc.poll() is None:
                 proc.kill()

@@ -28,7 +28,7 @@ USAGE_ERROR = 2
 ENVIRONMENT_ERROR = 1
 
 
-class ArgumentsError(ValueError):
+class _ArgumentsError(ValueError):
     """A command line argparse rejects; `prog` is the (sub)command it belongs to."""
 
     def __init__(self, prog: str, message: str) -> None:
@@ -40,7 +40,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse whose errors reach the error boundary (one line, exit 2) instead of printing the usage."""
 
     def error(self, message: str) -> NoReturn:
-        raise ArgumentsError(self.prog, f"{message} (see '{self.prog} --help')")
+        raise _ArgumentsError(self.prog, f"{message} (see '{self.prog} --help')")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -309,15 +309,17 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import torch
 
     from ttmem.security.backends import build_backend
-    from ttmem.security.server import serve, wait_until_stopped
+    from ttmem.security.server import serve_until_stopped
     from ttmem.security.serving import ServingEngine
 
     engine = ServingEngine(build_backend(args.backend), mode=args.mode, max_new_tokens=args.max_new_tokens)
-    with serve(engine, port=args.port, lifetime_s=args.lifetime_s) as server:
+
+    def listening(port: int) -> None:
         torch.set_num_threads(args.threads)
         sys.setswitchinterval(1e-4)  # let handler threads answer promptly while the worker holds the GIL
-        print(f"PORT {server.port}", flush=True)
-        wait_until_stopped(server)
+        print(f"PORT {port}", flush=True)
+
+    serve_until_stopped(engine, args.port, args.lifetime_s, listening)
     return 0
 
 
@@ -459,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     except (Exception, KeyboardInterrupt) as err:
         if os.environ.get("TTMEM_DEBUG"):
             raise
-        prefix = err.prog if isinstance(err, ArgumentsError) else prefix
+        prefix = err.prog if isinstance(err, _ArgumentsError) else prefix
         status = _failure(prefix, KeyboardInterrupt() if _Interrupts.count else err)
         if status is None:
             raise

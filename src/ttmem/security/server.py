@@ -8,7 +8,7 @@ Malformed requests get a 4xx and touch no state; a full queue gives 503, a reque
 The server binds 127.0.0.1 (or localhost) and nothing else: it is an instrument for timing experiments,
 not a service. Its accept loop runs in a background thread for at most ``lifetime_s`` seconds and then
 closes the socket and stops the engine, so a server nobody closes (a failed test, a lost client) does
-not outlive its purpose; ``close()`` ends it sooner. ``wait_until_stopped`` is the foreground of the
+not outlive its purpose; ``close()`` ends it sooner. ``serve_until_stopped`` is the foreground of the
 ``ttmem serve`` command.
 """
 
@@ -19,6 +19,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -159,15 +160,23 @@ def serve(
     return RunningServer(engine, host, port, max_body_bytes, request_timeout_s, lifetime_s)
 
 
-def wait_until_stopped(server: RunningServer) -> None:
-    """Block the main thread until the server's lifetime passes or SIGTERM / SIGINT arrives, then close it."""
+def serve_until_stopped(
+    engine: ServingEngine,
+    port: int = 0,
+    lifetime_s: float = 3600.0,
+    on_listening: Callable[[int], None] | None = None,
+) -> None:
+    """Serve ``engine`` on 127.0.0.1 from the main thread until ``lifetime_s`` passes or SIGTERM / SIGINT
+    arrives (either ends it normally); ``on_listening(port)`` runs once the port is bound. The signal handlers
+    are in place before the port is announced, so a client that stops the server at once is heard."""
     stop = threading.Event()
-    signals = (signal.SIGTERM, signal.SIGINT)
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in signals}
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        while server.running and not stop.wait(_POLL_S):
-            pass
+        with serve(engine, port=port, lifetime_s=lifetime_s) as server:
+            if on_listening is not None:
+                on_listening(server.port)
+            while server.running and not stop.wait(_POLL_S):
+                pass
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        server.close()
