@@ -60,11 +60,11 @@ from torch import nn
 from ttmem.data import Corpus, CorpusWindows, get_tokenizer, load_corpus
 from ttmem.data.batches import make_batch
 from ttmem.data.corpora import list_text_files, split_files, stdlib_root
-from ttmem.eval.metrics import lm_nll_sums, logits_of, summarize_nll, token_nll_sum
 from ttmem.optim import EWC, NestedDeepMomentumGD, estimate_fisher
 from ttmem.optim.m3 import DEFAULT_VARIANT, M3
 from ttmem.train import Trainer, TrainingDiverged, resolve_config
 from ttmem.train.config import TrainConfig
+from ttmem.train.objective import lm_nll_sums, logits_of, summarize_nll, token_nll_sum
 
 M3_UPDATE_RMS = inspect.signature(M3).parameters["update_rms"].default
 

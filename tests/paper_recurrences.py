@@ -35,8 +35,11 @@ def outer(a: Tensor, b: Tensor) -> Tensor:
     return a.unsqueeze(-1) * b.unsqueeze(-2)
 
 
-def mlp_memory(weights: tuple[Tensor, Tensor], x: Tensor) -> Tensor:
-    """The Titans-family memory: M(x) = x + LN(W₂ GELU(W₁ x)), LayerNorm without parameters."""
+def mlp_memory(weights: tuple[Tensor, ...], x: Tensor) -> Tensor:
+    """The Titans-family memory: M(x) = x + LN(W₂ GELU(W₁ x)), LayerNorm without parameters; with one weight
+    matrix (the paper's L_M = 1) the plain matrix memory M(x) = W x."""
+    if len(weights) == 1:
+        return linear_read(weights[0], x)
     h = F.gelu(linear_read(weights[0], x))
     y = linear_read(weights[1], h)
     mean = y.mean(-1, keepdim=True)
@@ -166,7 +169,8 @@ def titans_family(kind: str, inputs: dict, init: tuple[Tensor, ...], chunk: int)
     """
     q, k, v = inputs["q"], inputs["k"], inputs["v"]
     batch, time = q.shape[:2]
-    loss = {"titans": half_squared_error, "atlas": half_squared_error, "memora": half_squared_error,
+    loss = {"titans": half_squared_error, "titans_linear": half_squared_error, "atlas": half_squared_error,
+            "memora": half_squared_error,
             "yaad": huber_error, "moneta": smooth_lp_error}[kind]
     start = _batched(init, batch)
     if kind == "moneta":
@@ -177,7 +181,7 @@ def titans_family(kind: str, inputs: dict, init: tuple[Tensor, ...], chunk: int)
         accum = tuple(torch.log(w) for w in weights)  # log M: the mirror-descent coordinates
     else:
         weights, accum = start, None
-    momentum = tuple(torch.zeros_like(w) for w in weights) if kind in ("titans", "atlas") else None
+    momentum = tuple(torch.zeros_like(w) for w in weights) if kind in ("titans", "titans_linear", "atlas") else None
     seen = momentum
     ref = weights
     window = ATLAS_WINDOW if kind == "atlas" else 1
@@ -208,12 +212,64 @@ def titans_family(kind: str, inputs: dict, init: tuple[Tensor, ...], chunk: int)
     return torch.stack(outputs, 1), {"weights": weights, "momentum": momentum}
 
 
+def continuum_level(inputs: dict, init: tuple[Tensor, ...], chunk: int) -> tuple[Tensor, dict]:
+    """Nested Learning's continuum memory system, one level with update period C = ``chunk``: an MLP
+    M(x) = W₂ silu(W₁ x) whose weights take, once per period, the step of the period's summed ℓ2 gradients at the
+    period-start weights M^(s); every token of the period reads M^(s):
+
+        y_t = M^(s)(q_t),   M_t = (1 − α_t) M_{t−1} − θ_t ∇ ½‖M(k_t) − v_t‖² at M^(s),   M^(s+1) = M at the period's end
+    """
+    q, k, v = inputs["q"], inputs["k"], inputs["v"]
+    ref = weights = _batched(init, q.shape[0])
+
+    def memory(w: tuple[Tensor, Tensor], x: Tensor) -> Tensor:
+        return linear_read(w[1], F.silu(linear_read(w[0], x)))
+
+    outputs = []
+    for t in range(q.shape[1]):
+        with torch.enable_grad():
+            at = tuple(w.view_as(w) if w.requires_grad else w.detach().requires_grad_() for w in ref)
+            loss = half_squared_error(memory(at, k[:, t]), v[:, t], None).sum()
+            u = torch.autograd.grad(loss, at, create_graph=True)
+        theta, keep = _gate(inputs, "lr", t), 1.0 - _gate(inputs, "forget", t)
+        weights = tuple(keep * w - theta * g for w, g in zip(weights, u))
+        outputs.append(memory(ref, q[:, t]))
+        if (t + 1) % chunk == 0:
+            ref = weights
+    return torch.stack(outputs, 1), {"weights": weights}
+
+
+def self_modifying_projection(inputs: dict, init: tuple[Tensor, ...], chunk: int) -> tuple[Tensor, dict]:
+    """HOPE's projection memories (Nested Learning): a linear memory W trained by delta gradient descent on the
+    target it generates itself, v̂_t = W^(s) v_t, all at the chunk-start weights W^(s), read at W^(s):
+
+        W_t = (1 − α_t) W_{t−1} + [W^(s) (I − θ_t k_t k_tᵀ) − θ_t (W^(s) k_t − W^(s) v_t) k_tᵀ − W^(s)]
+        y_t = W^(s) q_t
+    """
+    q, k, v = inputs["q"], inputs["k"], inputs["v"]
+    ref = weights = _batched(init, q.shape[0])[0]
+    eye = torch.eye(k.shape[-1], dtype=k.dtype)
+    outputs = []
+    for t in range(q.shape[1]):
+        kt, theta, keep = k[:, t], _gate(inputs, "lr", t), 1.0 - _gate(inputs, "forget", t)
+        error = linear_read(ref, kt) - linear_read(ref, v[:, t])
+        weights = keep * weights + (ref @ (eye - theta * outer(kt, kt)) - theta * outer(error, kt) - ref)
+        outputs.append(linear_read(ref, q[:, t]))
+        if (t + 1) % chunk == 0:
+            ref = weights
+    return torch.stack(outputs, 1), {"weights": (weights,)}
+
+
 def paper_recurrence(rule: str, inputs: dict, init: tuple[Tensor, ...], chunk: int) -> tuple[Tensor, dict]:
     """Run preset ``rule`` from the start of a stream: outputs [B, T, H, dv] and the final weights (momentum)."""
     if rule in ("delta", "gated_delta", "theta", "linear_attention"):
         return delta_family(rule, inputs, init, chunk)
     if rule == "theta_lowrank":
         return theta_lowrank(inputs, init, chunk)
+    if rule == "continuum":
+        return continuum_level(inputs, init, chunk)
+    if rule == "self_modifying":
+        return self_modifying_projection(inputs, init, chunk)
     return titans_family(rule, inputs, init, chunk)
 
 

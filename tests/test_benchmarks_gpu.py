@@ -16,6 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import gpu  # noqa: E402
+import gpu_profile_layer  # noqa: E402
 import gpu_smoke  # noqa: E402
 
 TINY = dataclasses.replace(
@@ -153,3 +154,11 @@ def test_smoke_checks_pass_on_cpu_and_catch_a_wrong_engine(monkeypatch):
 
     monkeypatch.setattr(gpu_smoke, "memorize", off_by_a_little)
     assert gpu_smoke.check_memorize("titans", "cpu") > gpu_smoke.MEMORY_TOL
+
+
+def test_layer_profile_counts_chunks_and_operator_time_on_cpu():
+    result = gpu_profile_layer.profile_layer("cpu", batch=1, seq=40, dim=16, heads=1, chunk=16, warmup=1)
+    assert result["chunks"] == 3 and result["kernel_launches"] == 0  # no CUDA on the CPU path
+    assert 0 < result["operator_ms"] and 0 < result["wall_ms_under_profiler"]
+    names = [row["name"] for row in result["top"]]
+    assert any("bmm" in name or "matmul" in name or "mm" in name for name in names)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -16,7 +18,9 @@ from ttmem.eval.mqar import (
     key_distances,
     lr_at,
     mqar_batch,
+    train_mqar,
 )
+from ttmem.models import build_model
 
 
 def test_key_distances_point_back_at_the_pair_whose_value_is_the_answer() -> None:
@@ -50,6 +54,38 @@ def test_schedule_warms_up_then_decays_to_a_tenth() -> None:
     assert lr_at(9, recipe) == pytest.approx(1e-2)
     assert lr_at(100, recipe) == pytest.approx(1e-3)
     assert all(lr_at(s, recipe) >= lr_at(s + 1, recipe) for s in range(10, 100))
+
+
+def test_training_uses_the_trainers_adamw_schedule_and_clipping_written_out_by_hand() -> None:
+    """train_mqar's losses equal a loop written from the recipe: AdamW (betas 0.9, 0.98; weight decay on
+    matrices only), lr = warm-up (s + 1) / w then 0.1 + 0.9 * (1 + cos(pi * progress)) / 2, clipping at 1."""
+    recipe = MQARRecipe(seq_len=32, num_kv_pairs=4, vocab_size=32, steps=7, batch_size=4, warmup=3, lr=3e-3)
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_model("deltanet-tiny", vocab_size=32, dim=16, depth=1, heads=2, chunk_size=8)
+
+    model = fresh()
+    matrices = [p for p in model.parameters() if p.dim() >= 2]
+    gains = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": matrices, "weight_decay": 0.1}, {"params": gains, "weight_decay": 0.0}],
+                                  betas=(0.9, 0.98))
+    expected = []
+    for step in range(recipe.steps):
+        progress = (step - recipe.warmup) / (recipe.steps - recipe.warmup)
+        factor = (step + 1) / recipe.warmup if step < recipe.warmup else 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+        for group in optimizer.param_groups:
+            group["lr"] = recipe.lr * factor
+        inputs, targets = (torch.from_numpy(a) for a in mqar_batch(recipe, TRAIN_STREAM, step, recipe.batch_size))
+        logits = model(inputs).logits
+        answers = targets != IGNORE
+        loss = -torch.log_softmax(logits.float(), -1)[answers].gather(-1, targets[answers][:, None]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        expected.append(float(loss.detach()))
+    assert train_mqar(fresh(), recipe) == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -105,7 +106,7 @@ def test_1_checkpoint_folder_turns_read_only_mid_run(tmp_path, corpus, capsys, m
     monkeypatch.setattr(ckpt, "prune_checkpoints", prune_then_lock_down)
     code, _, stderr = run(tiny_train(out, corpus), capsys)
     assert code == 1
-    assert_one_line(stderr, "read-only", "training stopped at step 4", "last checkpoint kept: ", "step-0000002.pt")
+    assert_one_line(stderr, "read-only", "training stopped at step 4", "last checkpoint kept: ", "step-0000002")
     fault.active = False
     assert valid_steps(out) == [2]
     assert not list((out / "checkpoints").glob(".*tmp-*"))
@@ -154,7 +155,7 @@ def test_1_disk_full_while_writing_a_checkpoint(tmp_path, corpus, capsys, monkey
     monkeypatch.setattr(torch, "save", filling_save)
     code, _, stderr = run(tiny_train(out, corpus), capsys)
     assert code == 1
-    assert_one_line(stderr, "step-0000004.pt: no space left on the device", "last checkpoint kept: ")
+    assert_one_line(stderr, "step-0000004/trainer.pt: no space left on the device", "last checkpoint kept: ")
     assert valid_steps(out) == [2]
     assert not list((out / "checkpoints").glob(".*tmp-*"))  # the partial file is gone
     monkeypatch.setattr(torch, "save", real_save)
@@ -171,15 +172,18 @@ def test_2_corrupt_newest_checkpoint_resume_falls_back_and_says_so(
     out = tmp_path / "run"
     assert run(tiny_train(out, corpus, "steps=4"), capsys)[0] == 0
     newest = ckpt.checkpoint_path(out / "checkpoints", 4)
-    flip_bytes(newest, flipped)
+    flip_bytes(newest / "model.safetensors", flipped)
     code, _, stderr = run([*tiny_train(out, corpus), "--resume"], capsys)
     assert code == 0 and "Traceback" not in stderr
     lines = stderr.splitlines()
     assert len(lines) == 3, stderr
-    assert "step-0000004.pt is corrupt or truncated" in lines[0] and "set aside as step-0000004.pt.corrupt" in lines[0]
-    assert lines[1].startswith("ttmem train: warning: resuming from ") and "step-0000002.pt" in lines[1]
+    assert "step-0000004/model.safetensors is corrupt or truncated" in lines[0]
+    assert "set aside as step-0000004.corrupt" in lines[0]
+    assert lines[1].startswith("ttmem train: warning: resuming from ") and lines[1].endswith(
+        "step-0000002, the newest checkpoint that passes its integrity check"
+    )
     assert lines[2].endswith("resumed at step 2 with changed settings: steps 4 -> 6")  # warm-up: same lr
-    assert (out / "checkpoints" / "step-0000004.pt.corrupt").exists()  # kept for inspection
+    assert (out / "checkpoints" / "step-0000004.corrupt").is_dir()  # kept for inspection
     assert losses(out) == reference
     assert valid_steps(out) == [2, 4, 6]
 
@@ -187,17 +191,17 @@ def test_2_corrupt_newest_checkpoint_resume_falls_back_and_says_so(
 def test_2_no_valid_checkpoint_left_is_an_error_not_a_fresh_start(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     assert run(tiny_train(out, corpus, "steps=2"), capsys)[0] == 0
-    flip_bytes(ckpt.checkpoint_path(out / "checkpoints", 2), 3)
+    flip_bytes(ckpt.checkpoint_path(out / "checkpoints", 2) / "trainer.pt", 3)
     code, _, stderr = run([*tiny_train(out, corpus), "--resume"], capsys)
     assert code == 2
     assert "holds no valid checkpoint to resume from; to start over" in stderr.splitlines()[-1]
-    assert "Traceback" not in stderr and (out / "checkpoints" / "step-0000002.pt.corrupt").exists()
+    assert "Traceback" not in stderr and (out / "checkpoints" / "step-0000002.corrupt").is_dir()
 
 
 def test_2_eval_and_generate_refuse_a_corrupt_checkpoint(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     assert run(tiny_train(out, corpus, "steps=2"), capsys)[0] == 0
-    flip_bytes(ckpt.checkpoint_path(out / "checkpoints", 2), 1)
+    flip_bytes(ckpt.checkpoint_path(out / "checkpoints", 2) / "model.safetensors", 1)
     code, stdout, stderr = run(["eval", str(out), "--data", str(corpus), "--eval-tokens", "64"], capsys)
     assert code == 2 and stdout == ""
     assert_one_line(stderr, "ttmem eval: error: checkpoint ", "is corrupt or truncated")
@@ -210,15 +214,14 @@ def test_2_a_writer_killed_right_after_the_rename_leaves_a_verifiable_checkpoint
     """The digest is in the manifest before the rename, so no instant leaves a listed file without one."""
     from ttmem import fileio
 
-    real_commit = fileio.commit_temporary
+    real_commit = fileio.commit_directory
 
-    def commit_then_die(tmp, path, durable=True):
-        real_commit(tmp, path, durable)
-        if path.suffix == ".pt":  # the checkpoint's rename, not the manifest's
-            raise KeyboardInterrupt  # stands for kill -9: nothing after the rename runs
+    def commit_then_die(tmp, path):
+        real_commit(tmp, path)
+        raise KeyboardInterrupt  # stands for kill -9: nothing after the rename runs
 
     ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path, 1), {"step": 1})
-    monkeypatch.setattr(fileio, "commit_temporary", commit_then_die)
+    monkeypatch.setattr(ckpt, "commit_directory", commit_then_die)
     for step in (2, 2):  # a new name, then a new version of an existing name
         with pytest.raises(KeyboardInterrupt):
             ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path, step), {"step": step, "w": torch.rand(3)})
@@ -229,15 +232,23 @@ def test_2_a_writer_killed_right_after_the_rename_leaves_a_verifiable_checkpoint
 def test_2_checkpoints_without_a_manifest_load_with_a_warning_but_an_unlisted_one_is_refused(tmp_path):
     from ttmem.fileio import MANIFEST, UnverifiedWarning
 
-    legacy = ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path / "old", 1), {"step": 1, "w": torch.ones(2)})
-    (tmp_path / "old" / MANIFEST).unlink()  # as written before digests were recorded
+    copied = ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path / "old", 1), {"step": 1, "w": torch.ones(2)})
+    (copied / MANIFEST).unlink()  # as copied without its manifest
+    with pytest.warns(UnverifiedWarning, match="cannot be verified"):
+        assert torch.equal(ckpt.load_checkpoint(copied)["w"], torch.ones(2))
+    managed = ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path / "new", 1), {"step": 1})
+    weights = ckpt.save_checkpoint(tmp_path / "w" / "step-0000001", {"step": 1, "model": {"w": torch.ones(2)}})
+    shutil.copy(weights / "model.safetensors", managed)  # dropped in, never recorded
+    with pytest.raises(ckpt.CorruptCheckpoint, match="has no recorded SHA-256"):
+        ckpt.load_checkpoint(managed)
+    legacy = ckpt.save_legacy_checkpoint(tmp_path / "legacy" / "step-0000001.pt", {"step": 1, "w": torch.ones(2)})
+    (tmp_path / "legacy" / MANIFEST).unlink()  # an earlier version's file, written before digests were recorded
     with pytest.warns(UnverifiedWarning, match="cannot be verified"):
         assert torch.equal(ckpt.load_checkpoint(legacy)["w"], torch.ones(2))
-    managed = ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path / "new", 1), {"step": 1})
-    dropped_in = managed.with_name("step-0000002.pt")
-    dropped_in.write_bytes(legacy.read_bytes())
+    dropped_in = ckpt.save_legacy_checkpoint(tmp_path / "legacy2" / "step-0000001.pt", {"step": 1})
+    dropped_in.with_name("step-0000002.pt").write_bytes(legacy.read_bytes())
     with pytest.raises(ckpt.CorruptCheckpoint, match="has no recorded SHA-256"):
-        ckpt.load_checkpoint(dropped_in)
+        ckpt.load_checkpoint(dropped_in.with_name("step-0000002.pt"))
 
 
 def test_2_load_model_refuses_a_damaged_weights_file(tmp_path):
@@ -391,7 +402,7 @@ def test_9_resume_from_a_run_folder_uses_its_newest_checkpoint(tmp_path, corpus,
     out = tmp_path / "run"
     assert run(tiny_train(out, corpus), capsys)[0] == 0
     for step in (4, 6):
-        ckpt.checkpoint_path(out / "checkpoints", step).unlink()
+        ckpt.remove_checkpoint(ckpt.checkpoint_path(out / "checkpoints", step))
     code, _, stderr = run([*tiny_train(out, corpus), "--resume-from", str(out)], capsys)
     assert code == 0, stderr
     assert losses(out) == reference
@@ -424,8 +435,9 @@ def test_9_eval_options_out_of_range(tmp_path, capsys, option, value, message):
 def test_9_stale_temporary_files_are_removed_at_start(tmp_path, corpus, capsys):
     out = tmp_path / "run"
     assert run(tiny_train(out, corpus, "steps=2"), capsys)[0] == 0
-    stale = out / "checkpoints" / ".step-0000004.pt.tmp-999999"
-    stale.write_bytes(b"half a checkpoint")
+    stale = out / "checkpoints" / ".step-0000004.tmp-999999"
+    stale.mkdir()
+    (stale / "trainer.pt").write_bytes(b"half a checkpoint")
     assert run([*tiny_train(out, corpus, "steps=3"), "--resume"], capsys)[0] == 0
     assert not stale.exists() and valid_steps(out) == [2, 3]
 
@@ -433,7 +445,7 @@ def test_9_stale_temporary_files_are_removed_at_start(tmp_path, corpus, capsys):
 def test_9_damaged_log_line_is_kept_aside_and_reported(tmp_path, corpus, capsys, reference):
     out = tmp_path / "run"
     assert run(tiny_train(out, corpus), capsys)[0] == 0
-    ckpt.checkpoint_path(out / "checkpoints", 6).unlink()
+    ckpt.remove_checkpoint(ckpt.checkpoint_path(out / "checkpoints", 6))
     log = out / "log.jsonl"
     lines = log.read_text().splitlines()
     lines[3] = lines[3][:7] + "\x00garbage"

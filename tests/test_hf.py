@@ -23,6 +23,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline  # noqa: 
 import ttmem.hf  # noqa: E402
 from ttmem.data import ByteTokenizer  # noqa: E402
 from ttmem.eval.lm_eval_adapter import HarnessAdapter  # noqa: E402
+from ttmem.eval.pipeline import load_trained  # noqa: E402
 from ttmem.hf import (  # noqa: E402
     NotTtmemExportError,
     TtmemByteTokenizer,
@@ -34,7 +35,6 @@ from ttmem.hf import (  # noqa: E402
 from ttmem.hf.modeling import CACHE_FIELD  # noqa: E402
 from ttmem.models import ARCHITECTURES, ModelConfig, build_model, save_model  # noqa: E402
 from ttmem.train import Trainer, resolve_config  # noqa: E402
-from ttmem.train.pipeline import load_trained  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -95,8 +95,8 @@ def test_trained_run_exports_and_loads_with_identical_logits(trained_run, tmp_pa
     ids = torch.randint(0, 256, (2, 45), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(loaded(ids).logits, original(ids).logits)
-    checkpoint = sorted((trained_run / "checkpoints").glob("step-*.pt"))[-1]
-    code, _, stderr = run_cli(["export", str(checkpoint), str(out)], capsys)  # a checkpoint file, over an export
+    checkpoint = sorted((trained_run / "checkpoints").glob("step-*"))[-1]
+    code, _, stderr = run_cli(["export", str(checkpoint), str(out)], capsys)  # a checkpoint, over an export
     assert code == 0, stderr
 
 

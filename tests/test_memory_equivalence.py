@@ -16,10 +16,12 @@ from memory_cases import learned_initial_weights, make_inputs, start_state
 from ttmem.memory import RULES, MemoryArchitecture, memorize
 
 TOL = 1e-8
-# Every preset, plus architectures no preset uses yet: the plain residual MLP memory M(x) = x + W2 σ(W1 x).
+# Every preset, plus combinations no preset uses yet: the plain residual MLP memory M(x) = x + W2 σ(W1 x), and
+# reads at the chunk start with momentum, an Omega window and Newton–Schulz (only the coefficients' last row).
 CASES = {**RULES, "titans_plain_residual": RULES["titans"].replace(
     name="titans_plain_residual",
-    architecture=MemoryArchitecture("mlp", depth=2, expansion=4.0, activation="gelu", residual=True))}
+    architecture=MemoryArchitecture("mlp", depth=2, expansion=4.0, activation="gelu", residual=True)),
+    "atlas_read_at_chunk_start": RULES["atlas"].replace(name="atlas_read_at_chunk_start", read_at_chunk_start=True)}
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

@@ -169,3 +169,15 @@ def test_filter_logits_top_k_and_top_p():
     frequency_first = (draws == 0).float().mean().item()
     assert abs(frequency_first - 0.5 / 0.8) < 4 * math.sqrt(0.625 * 0.375 / 400)
     assert set(draws.flatten().tolist()) <= {0, 2}
+
+
+def test_variant_presets_are_their_architecture_with_another_memory_rule():
+    from ttmem.models.presets import VARIANTS
+
+    for name, (arch, changes, ratios) in VARIANTS.items():
+        for size, target in SIZE_TARGETS.items():
+            variant, base = MODEL_PRESETS[f"{name}-{size}"], MODEL_PRESETS[f"{arch}-{size}"]
+            assert variant == base.replace(**changes, mlp_ratio=ratios[size]) and variant.arch == arch
+            with torch.device("meta"):
+                assert abs(count_parameters(build_model(variant)) - target) / target < 0.02
+    assert build_model("lmm_linear-tiny", dim=32, depth=1, heads=2).config.rule == "titans_linear"

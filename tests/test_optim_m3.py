@@ -8,8 +8,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
+from ttmem.newton_schulz import SINGULAR_VALUE_BAND
 from ttmem.optim import M3, m3_param_groups
-from ttmem.optim.newton_schulz import SINGULAR_VALUE_BAND
 from ttmem.train.optim import build_optimizer
 
 VOCAB = 32

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from ttmem.newton_schulz import singular_value_map
 from ttmem.optim import (
     M3,
     DeepMomentumGD,
@@ -12,7 +13,6 @@ from ttmem.optim import (
     PreconditionedMomentum,
 )
 from ttmem.optim.deep_momentum import MEMORY_KEYS
-from ttmem.optim.newton_schulz import singular_value_map
 
 
 def gradient_stream(shapes, steps, seed=0):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -52,6 +53,7 @@ def tiny_config(out_dir: Path, data: Path, *extra: str):
             "ckpt_every=100",
             "aux_task=mqar",
             "aux_fraction=0.5",
+            "device=cpu",  # these tests hold CPU arithmetic; a GPU (auto) would change precision and reduction order
             *extra,
         ],
     )
@@ -107,12 +109,13 @@ def test_checkpoints_are_atomic_and_corrupt_ones_refused(tmp_path, monkeypatch):
         ckpt.save_checkpoint(ckpt.checkpoint_path(tmp_path, 6), {"step": 6})
     monkeypatch.setattr(torch, "save", real_save)
     assert ckpt.latest_checkpoint(tmp_path) == good and not list(tmp_path.glob(".*tmp*"))
-    # A temporary file left by a killed process is never listed.
-    (tmp_path / ".step-0000009.pt.tmp-999").write_bytes(b"garbage")
+    # A temporary folder left by a killed process is never listed.
+    (tmp_path / ".step-0000009.tmp-999").mkdir()
     assert ckpt.latest_checkpoint(tmp_path) == good
     assert torch.equal(ckpt.load_checkpoint(good)["w"], torch.ones(2))
-    truncated = tmp_path / "step-0000012.pt"
-    truncated.write_bytes(good.read_bytes()[:100])
+    truncated = ckpt.checkpoint_path(tmp_path, 12)
+    shutil.copytree(good, truncated)
+    (truncated / "trainer.pt").write_bytes((good / "trainer.pt").read_bytes()[:100])
     with pytest.raises(ValueError, match="corrupt or truncated"):
         ckpt.load_checkpoint(truncated)
     torch.save({"weights": 1}, tmp_path / "foreign.pt")
@@ -221,6 +224,7 @@ def test_two_processes_match_one_process(tmp_path, text_file, strategy):
         "aux_task=mqar",
         "aux_fraction=0.5",
         f"distributed={strategy}",
+        "device=cpu",  # two processes on one machine: gloo on the CPU, whatever GPUs it has
     ]
     cmd = [
         sys.executable,
@@ -322,10 +326,11 @@ def test_missing_logging_extras_are_named(tmp_path, text_file, monkeypatch):
 
 
 def test_defaults_are_the_main_job_and_the_baseline_matches_it():
-    from ttmem.train.report import baseline_config
+    from ttmem.eval.report import baseline_config
 
     cfg = resolve_config(None, ["model_args.dim=64"])
-    assert (cfg.model, cfg.baseline, cfg.data, cfg.report) == ("mac-tiny", "swa_transformer-tiny", "stdlib", True)
+    assert (cfg.model, cfg.baseline, cfg.data, cfg.report, cfg.recall) == (
+        "lmm_linear-tiny", "swa_transformer-tiny", "stdlib", True, True)
     base = baseline_config(cfg)
     assert (base.model, base.model_args, base.baseline, base.report) == (
         "swa_transformer-tiny",
@@ -376,3 +381,14 @@ def test_m3_from_the_trainer_keeps_token_rows_out_of_orthogonalization():
     optimizer.step()
     assert torch.equal(model.embed.weight[8:], before[8:])
     assert not torch.equal(model.embed.weight[:8], before[:8])
+
+
+def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
+    from ttmem.train.distributed import DistEnv, pick_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert pick_device("auto", DistEnv(rank=0, world=2, local_rank=0)) == torch.device("cuda:0")
+    with pytest.raises(ValueError, match="device.*no GPU of its own.*device=cpu"):
+        pick_device("auto", DistEnv(rank=1, world=2, local_rank=1))
+    assert pick_device("cpu", DistEnv(rank=1, world=2, local_rank=1)) == torch.device("cpu")

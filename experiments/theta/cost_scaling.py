@@ -19,7 +19,7 @@ from ttmem.security.flops import decoder_step_flops, measure_flops
 from ttmem.security.reference_layers import DECODERS
 from ttmem.security.timing import Trial, run_trials
 
-KINDS = ["theta", "theta_lowrank", "titans_mlp", "linear_attention", "kv_attention"]
+KINDS = ["theta", "theta_lowrank", "titans_mlp", "normalized_linear_attention", "kv_attention"]
 
 
 def step_trial(layer, dim: int, context: int) -> Trial:

@@ -50,14 +50,14 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser(
-        "train", help="train a model (no arguments: Titans MAC vs sliding-window baseline)"
+        "train", help="train a model (no arguments: the main job, Titans LMM vs sliding-window baseline)"
     )
     train.add_argument("settings", nargs="*", help="key=value overrides of the training config")
     train.add_argument("--config", help="YAML or TOML config file")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir")
     train.add_argument(
-        "--resume-from", default="", metavar="PATH", help="continue from a checkpoint file, or a run folder's newest"
+        "--resume-from", default="", metavar="PATH", help="continue from a checkpoint, or a run folder's newest"
     )
     train.add_argument(
         "--allow-change",
@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("info", help="versions, devices, available presets, rules, optimizers, datasets")
 
     export = sub.add_parser("export", help="convert a trained run or checkpoint to a Hugging Face model directory")
-    export.add_argument("run_dir", metavar="RUN_DIR", help="run folder, checkpoint file or save_model directory")
+    export.add_argument("run_dir", metavar="RUN_DIR", help="run folder, checkpoint or save_model directory")
     export.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (empty, new, or an earlier export)")
 
     _add_security_commands(sub)
@@ -145,9 +145,9 @@ def _add_demo_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ttmem.eval.report import run_main_job
     from ttmem.train import resolve_config
     from ttmem.train.distributed import shutdown_distributed
-    from ttmem.train.report import run_main_job
 
     config = resolve_config(args.config, [*args.overrides, *args.settings])
     allow = [key.strip() for item in args.allow_changes for key in item.split(",") if key.strip()]
@@ -191,8 +191,8 @@ def _at_least(minimum: int, **values: int | None) -> None:
 def _cmd_eval(args: argparse.Namespace) -> int:
     _at_least(1, seq_len=args.seq_len, eval_tokens=args.eval_tokens, depths=args.depths, samples=args.samples)
     _at_least(0, mqar_pairs=args.mqar_pairs)
+    from ttmem.eval.pipeline import compare, format_table, report_depths
     from ttmem.eval.recall import save_heatmap
-    from ttmem.train.pipeline import compare, format_table, report_depths
 
     try:
         lengths = [int(x) for x in args.needle.split(",") if x.strip()]
@@ -230,7 +230,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
     from ttmem.data import get_tokenizer
     from ttmem.eval.generation import sample
-    from ttmem.train.pipeline import load_trained
+    from ttmem.eval.pipeline import load_trained
 
     model, payload = load_trained(args.checkpoint)
     tokenizer = get_tokenizer(payload.get("train_config", {}).get("tokenizer", "bytes"))
@@ -259,13 +259,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(_: argparse.Namespace) -> int:
-    import importlib
-
     import torch
 
     import ttmem
     from ttmem.data import TASKS
-    from ttmem.train.optim import TORCH_OPTIMIZERS, _optim_registry
+    from ttmem.memory import RULES
+    from ttmem.models import MODEL_PRESETS
+    from ttmem.train.optim import optimizer_names
 
     print(f"ttmem {ttmem.__version__}, torch {torch.__version__}, python {sys.version.split()[0]}")
     cuda = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
@@ -273,16 +273,9 @@ def _cmd_info(_: argparse.Namespace) -> int:
         f"devices: cpu ({torch.get_num_threads()} threads)"
         + "".join(f", cuda:{i} {n}" for i, n in enumerate(cuda))
     )
-    for label, module, attr in (
-        ("model presets", "ttmem.models", "MODEL_PRESETS"),
-        ("memory rules", "ttmem.memory", "RULES"),
-    ):
-        try:
-            names = sorted(getattr(importlib.import_module(module), attr))
-            print(f"{label}: {', '.join(names)}")
-        except (ImportError, AttributeError) as err:
-            print(f"{label}: unavailable ({err})")
-    print(f"optimizers: {', '.join([*TORCH_OPTIMIZERS, *_optim_registry()])}")
+    print(f"model presets: {', '.join(sorted(MODEL_PRESETS))}")
+    print(f"memory rules: {', '.join(sorted(RULES))}")
+    print(f"optimizers: {', '.join(optimizer_names())}")
     print("datasets: stdlib (embedded), enwik8, hf:NAME[:CONFIG], a text file or folder")
     print(f"synthetic tasks: {', '.join(TASKS)}")
     return 0

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -133,6 +134,29 @@ def commit_temporary(tmp: Path, path: Path, durable: bool = True) -> None:
         raise
     if durable:
         fsync_folder(path.parent)
+
+
+def commit_directory(tmp: Path, path: Path) -> None:
+    """Rename a finished temporary folder to `path` and make the rename durable. Atomic when `path` does
+    not exist (the case of every new checkpoint); an existing `path` is first moved to a hidden
+    temporary name and removed after the rename, so the folder is never seen half-written."""
+    old = _hide(path) if path.exists() else None
+    os.replace(tmp, path)
+    fsync_folder(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _hide(path: Path) -> Path:
+    """Rename `path` to a hidden temporary name (never listed, removed as stale if we are killed)."""
+    hidden = path.with_name(f".{path.name}.old.tmp-{os.getpid()}")
+    os.replace(path, hidden)
+    return hidden
+
+
+def remove_directory(path: str | Path) -> None:
+    """Delete a folder so that it is never seen half-deleted: first renamed away (atomic), then emptied."""
+    shutil.rmtree(_hide(Path(path)), ignore_errors=True)
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None], durable: bool = True) -> str:
@@ -254,7 +278,7 @@ def _running(pid: int) -> bool:
 
 
 def remove_stale_temporaries(folder: str | Path, all_stale: bool = False) -> list[Path]:
-    """Delete `.NAME.tmp-PID` files left by killed writers; returns what was removed.
+    """Delete `.NAME.tmp-PID` files (and folders) left by killed writers; returns what was removed.
 
     all_stale: the caller holds the folder's lock, so every temporary file but its own is stale."""
     folder = Path(folder)
@@ -263,11 +287,14 @@ def remove_stale_temporaries(folder: str | Path, all_stale: bool = False) -> lis
     removed = []
     for path in folder.iterdir():
         match = _TEMPORARY.match(path.name)
-        if not match or not path.is_file():
+        if not match or not (path.is_file() or path.is_dir()):
             continue
         pid = int(match.group(1))
         if pid == os.getpid() or (not all_stale and _running(pid)):
             continue
-        path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
         removed.append(path)
     return removed

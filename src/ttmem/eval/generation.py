@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from ttmem.eval.metrics import logits_of, model_device
+from ttmem.train.objective import logits_of, model_device
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:

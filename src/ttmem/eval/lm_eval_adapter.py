@@ -24,7 +24,7 @@ from torch import nn
 
 from ttmem.data import Tokenizer, get_tokenizer
 from ttmem.eval.generation import sample
-from ttmem.eval.metrics import logits_of, model_device
+from ttmem.train.objective import logits_of, model_device
 
 
 def _args(request: Any) -> tuple:

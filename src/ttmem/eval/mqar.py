@@ -9,14 +9,15 @@ Design choices:
 - Training and evaluation data both come from ``mqar_example`` (Zoology's rules), seeded per row with
   ``row_rng`` on separate streams, so the held-out examples never appear in training.
 - The loss is cross-entropy on the answer positions only (the targets are -100 elsewhere).
-- AdamW with linear warm-up then cosine decay, gradient clipping at 1; one fixed torch seed per model.
+- The trainer's optimiser, schedule and update (`ttmem.train.optim`): AdamW (matrices decayed, gains and
+  biases not) with linear warm-up then cosine decay to 10%, gradient clipping at 1; one fixed torch seed
+  per model.
 - Accuracy is per answer token (Zoology's metric), split by the distance from the query back to its
   key in the key-value block.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -27,9 +28,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ttmem.data import IGNORE, mqar_example, row_rng
-from ttmem.eval.metrics import logits_of
+from ttmem.progress import progress_bar
+from ttmem.train.objective import logits_of
+from ttmem.train.optim import apply_update, build_optimizer, clip_gradients, warmup_cosine
 
 TRAIN_STREAM, EVAL_STREAM = 21, 22
+BETAS, GRAD_CLIP, MIN_LR_RATIO = (0.9, 0.98), 1.0, 0.1
 
 
 @dataclass
@@ -75,11 +79,9 @@ def key_distances(inputs: np.ndarray, targets: np.ndarray, num_kv_pairs: int) ->
 
 
 def lr_at(step: int, recipe: MQARRecipe) -> float:
-    """Linear warm-up to recipe.lr, then cosine decay to 10% of it."""
-    if step < recipe.warmup:
-        return recipe.lr * (step + 1) / recipe.warmup
-    progress = (step - recipe.warmup) / max(recipe.steps - recipe.warmup, 1)
-    return recipe.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    """The learning rate of `step`: the trainer's schedule, linear warm-up to recipe.lr then cosine decay to
+    `MIN_LR_RATIO` of it."""
+    return recipe.lr * warmup_cosine(recipe.warmup, recipe.steps, MIN_LR_RATIO)(step)
 
 
 def train_mqar(
@@ -87,24 +89,19 @@ def train_mqar(
     recipe: MQARRecipe,
     log_every: int = 0,
     batches: Callable[[int], tuple[np.ndarray, np.ndarray]] | None = None,
+    progress_desc: str | None = None,
 ) -> list[float]:
     """Train `model` (CPU or its own device) on MQAR in place; returns the loss of every step.
     ``batches(step) -> (inputs, targets)`` replaces the MQAR batches with another task's (same optimiser,
-    schedule and answer-only loss)."""
+    schedule and answer-only loss); ``progress_desc`` shows a progress bar with that title."""
     device = next(model.parameters()).device
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=recipe.lr,
-        betas=(0.9, 0.98),
-    )
+    optimizer = build_optimizer("adamw", model, recipe.lr, recipe.weight_decay, BETAS)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup, recipe.steps, MIN_LR_RATIO))
     model.train()
     losses = []
     start = time.perf_counter()
-    for step in range(recipe.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, recipe)
+    steps = progress_bar(range(recipe.steps), desc=progress_desc, unit="step") if progress_desc else range(recipe.steps)
+    for step in steps:
         if batches is None:
             inputs, targets = mqar_batch(recipe, TRAIN_STREAM, step, recipe.batch_size)
         else:
@@ -113,10 +110,9 @@ def train_mqar(
         loss = F.cross_entropy(
             logits.flatten(0, 1), torch.from_numpy(targets).to(device).flatten(), ignore_index=IGNORE
         )
-        optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        clip_gradients(model, GRAD_CLIP)
+        apply_update(optimizer, scheduler)
         losses.append(float(loss.detach()))
         if log_every and (step + 1) % log_every == 0:
             recent = float(np.mean(losses[-log_every:]))

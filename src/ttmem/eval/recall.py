@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ttmem.data import IGNORE, SyntheticTask, Tokenizer, needle_example, row_rng
-from ttmem.eval.metrics import logits_of, model_device
+from ttmem.train.objective import logits_of, model_device
 
 
 @torch.no_grad()

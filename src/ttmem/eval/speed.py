@@ -12,7 +12,7 @@ import time
 import torch
 from torch import nn
 
-from ttmem.eval.metrics import logits_of, model_device
+from ttmem.train.objective import logits_of, model_device
 
 
 def _sync(device: torch.device) -> None:

@@ -1,4 +1,4 @@
-"""Export a trained ttmem model (run folder, checkpoint file or ``save_model`` directory) as a Hugging Face directory.
+"""Export a trained ttmem model (run folder, checkpoint or ``save_model`` directory) as a Hugging Face directory.
 
 The directory holds ``config.json`` (``TtmemConfig``), ``model.safetensors``, ``generation_config.json``, the
 byte tokenizer's ``tokenizer_config.json`` and ``ttmem_auto.py`` (see ``ttmem.hf.auto_module``).
@@ -15,7 +15,7 @@ from torch import nn
 
 from ttmem.hf.checks import BYTE_VOCAB_SIZE, CONFIG_FILE, read_export_config
 from ttmem.hf.configuration import NotTtmemExportError
-from ttmem.models.checkpoint import WEIGHTS_FILE, load_model
+from ttmem.models.checkpoint import WEIGHTS_FILE
 from ttmem.models.language_model import LanguageModel
 
 
@@ -57,18 +57,18 @@ def export_model(model: nn.Module, out_dir: str | Path, tokenizer: str = "bytes"
 
 
 def export_run(source: str | Path, out_dir: str | Path) -> Path:
-    """Export a run folder (its newest checkpoint), a checkpoint file, or a ``save_model`` directory."""
-    from ttmem.train.pipeline import load_trained
+    """Export a run folder (its newest checkpoint), a checkpoint (directory, or an earlier version's file), or a
+    ``save_model`` directory."""
+    from ttmem.eval.pipeline import load_trained
 
     source = Path(source)
     if source.is_dir() and (source / WEIGHTS_FILE).is_file() and (source / CONFIG_FILE).is_file():
         try:
             read_export_config(source)
         except NotTtmemExportError:
-            model, tokenizer = load_model(source), "bytes"
+            pass
         else:
             raise ValueError(f"{source} is already a Hugging Face export; load it with AutoModelForCausalLM")
-    else:
-        model, payload = load_trained(source)
-        tokenizer = payload.get("train_config", {}).get("tokenizer", "bytes")
+    model, payload = load_trained(source)
+    tokenizer = payload.get("train_config", {}).get("tokenizer", "bytes")
     return export_model(model.eval(), out_dir, tokenizer)

@@ -12,16 +12,22 @@ Nested Learning's delta-gradient-descent (DGD) step with eta'_t = eta_t / (1 + e
 over heads. The query projection stays a plain learned matrix, as in the paper.
 
 Design choices:
-- Chunk-wise parallel form, as the paper trains it: inside a chunk of ``chunk_size`` tokens the
-  projection memories are read at the chunk-start weights, and their updates (taken at those
-  weights) are averaged over the chunk and applied at its end. Averaging keeps one chunk step as
-  large as one token step, so the contraction (I - eta' u u^T) stays contractive.
-- The main memory is the engine's ``memorize`` with the generated k, v, eta, alpha; its initial
-  weights, like the projection memories' initial weights, are learned parameters.
+- The projection memories are the memory engine's ``self_modifying`` rule (``ttmem.memory.RULES``, equations in
+  ``docs/rules.md``): delta gradient descent (the ``dgd`` objective) on self-generated targets, read at the chunk
+  start. The four share their keys u_t, values w_t and rates eta'_t and their updates act row by row, so they are
+  one stacked linear memory [M_k; M_v; M_eta; M_alpha] (exact: rows do not mix).
+- Chunk-wise parallel form, as the paper trains it: inside a chunk of ``chunk_size`` tokens the projection
+  memories are read at the chunk-start weights, and their updates (taken at those weights) are summed over the
+  chunk with rates eta'_t / chunk_size and applied at its end. Dividing by the chunk size keeps one chunk step
+  as large as one token step, so the contraction (I - eta' u u^T) stays contractive. A chunk's rates come from
+  its own reads (eta_t = sigmoid(M_eta x_t + b)), so the layer runs the engine one chunk at a time: read at the
+  chunk start, make the gates, write.
+- The main memory is the engine with the generated k, v, eta, alpha; its initial weights, like the projection
+  memories' initial weights, are learned parameters.
 - Keys and the values fed to the self-referential targets are unit vectors: then the update's factor
   I - eta'(2u - w)u^T has its one non-unit eigenvalue in [1 - 3 eta', 1 - eta'], so the memories
   cannot amplify themselves through their own targets (with raw values they diverge over long inputs).
-- Updates at fixed weights add over tokens, so whole / pieces / token-by-token runs agree exactly.
+- Both memories' states are the engine's ``MemoryState``: whole / pieces / token-by-token runs agree exactly.
 - ``commit(state)`` makes the state's fast weights the starting weights (test-time adaptation that
   persists across calls; ``LanguageModel.adaptation_scope`` undoes it).
 """
@@ -35,33 +41,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ttmem.memory import MemoryState, get_rule, initial_state, memorize
+from ttmem.memory import MemoryState, get_rule, initial_state, read_chunk_start, run_memory
 
 
 @dataclass
 class SelfModifyingState:
-    """projections: fast weights [B, out, dim] of M_k, M_v, M_eta (and M_alpha); pending: their
-    accumulated chunk updates or None; offset: tokens done in the open chunk; memory: main memory."""
+    """projections: the stacked projection memories' state (one head, weights [B, 1, outputs, dim]);
+    memory: the main memory's state."""
 
-    projections: tuple[Tensor, ...]
-    pending: tuple[Tensor, ...] | None
-    offset: int
+    projections: MemoryState
     memory: MemoryState
 
     def detach(self) -> SelfModifyingState:
-        pending = None if self.pending is None else tuple(p.detach() for p in self.pending)
-        return SelfModifyingState(tuple(p.detach() for p in self.projections), pending, self.offset,
-                                  self.memory.detach())
-
-
-def delta_gradient_updates(weights: Tensor, keys: Tensor, values: Tensor, rates: Tensor) -> Tensor:
-    """Sum over t of the delta-GD change of one linear memory at fixed weights.
-
-    weights: [B, out, dim]; keys, values (unit norm): [B, T, dim]; rates eta'_t: [B, T].
-    Returns -sum_t rate_t (2 W u_t - W v_t) u_t^T as [B, out, dim].
-    """
-    direction = 2 * torch.einsum("bod,btd->bto", weights, keys) - torch.einsum("bod,btd->bto", weights, values)
-    return -torch.einsum("bto,btd->bod", direction * rates[..., None], keys)
+        return SelfModifyingState(self.projections.detach(), self.memory.detach())
 
 
 class SelfModifyingMemory(nn.Module):
@@ -74,6 +66,7 @@ class SelfModifyingMemory(nn.Module):
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         self.rule = get_rule(rule)
+        self.projection_rule = get_rule("self_modifying")
         self.dim, self.heads, self.dim_head, self.chunk_size = dim, heads, dim // heads, chunk_size
         self.to_query = nn.Linear(dim, dim, bias=False)
         self.to_momentum = nn.Linear(dim, heads) if self.rule.momentum else None
@@ -90,38 +83,34 @@ class SelfModifyingMemory(nn.Module):
 
     def initial_state(self, batch: int) -> SelfModifyingState:
         """Learned starting weights for a new sequence."""
-        projections = tuple(w.expand(batch, -1, -1) for w in self.projection_init)
+        stacked = torch.cat(tuple(self.projection_init), dim=0).unsqueeze(0)  # [1 head, outputs, dim]
+        projections = initial_state(self.projection_rule, batch, 1, self.dim, stacked.shape[1], weights=(stacked,))
         memory = initial_state(self.rule, batch, self.heads, self.dim_head, self.dim_head,
                                weights=tuple(self.memory_init))
-        return SelfModifyingState(projections, None, 0, memory)
+        return SelfModifyingState(projections, memory)
 
-    def _generate(self, x: Tensor, state: SelfModifyingState) -> tuple[list[Tensor], SelfModifyingState]:
-        """Run the projection memories over x chunk by chunk: returns [k, v, step(, forget)] and their new state."""
-        projections, pending, offset = state.projections, state.pending, state.offset
-        generated: list[list[Tensor]] = [[] for _ in projections]
+    def _generate(self, x: Tensor, state: MemoryState) -> tuple[list[Tensor], MemoryState]:
+        """Run the projection memories over x a chunk at a time: returns [k, v, step(, forget)] and their state."""
+        rule = self.projection_rule
+        sizes = [p.shape[0] for p in self.projection_init]
+        generated: list[list[Tensor]] = [[] for _ in sizes]
         begin = 0
         while begin < x.shape[1]:
-            end = min(x.shape[1], begin + self.chunk_size - offset)
-            span = x[:, begin:end]
-            outs = [torch.einsum("bod,btd->bto", w, span) for w in projections]
-            step = torch.sigmoid(outs[2] + self.step_bias)
-            outs[2] = step
+            end = min(x.shape[1], begin + self.chunk_size - state.offset)
+            span = x[:, begin:end].unsqueeze(1)  # engine layout, one head
+            outs = list(read_chunk_start(rule, span, state).squeeze(1).split(sizes, dim=-1))
+            outs[2] = torch.sigmoid(outs[2] + self.step_bias)
             if self.forget_bias is not None:
                 outs[3] = torch.sigmoid(outs[3] + self.forget_bias)
             for store, out in zip(generated, outs, strict=True):
                 store.append(out)
-            mean_step = step.mean(dim=-1)
+            mean_step = outs[2].mean(dim=-1)
             rates = mean_step / (1 + mean_step) / self.chunk_size
-            keys, values = F.normalize(outs[0], dim=-1), F.normalize(outs[1], dim=-1)
-            updates = tuple(delta_gradient_updates(w, keys, values, rates) for w in projections)
-            pending = updates if pending is None else tuple(p + u for p, u in zip(pending, updates, strict=True))
-            offset += end - begin
-            if offset == self.chunk_size:
-                projections = tuple(w + p for w, p in zip(projections, pending, strict=True))
-                pending, offset = None, 0
+            keys, values = F.normalize(outs[0], dim=-1).unsqueeze(1), F.normalize(outs[1], dim=-1).unsqueeze(1)
+            _, state = run_memory(rule, span, keys, values, rates.unsqueeze(1), None, None, None, self.chunk_size,
+                                  state)
             begin = end
-        tensors = [torch.cat(parts, dim=1) for parts in generated]
-        return tensors, SelfModifyingState(projections, pending, offset, state.memory)
+        return [torch.cat(parts, dim=1) for parts in generated], state
 
     def forward(self, x: Tensor, state: SelfModifyingState | None = None) -> tuple[Tensor, SelfModifyingState]:
         """x: [B, T, dim] -> (y [B, T, dim], state after the last token)."""
@@ -130,16 +119,17 @@ class SelfModifyingMemory(nn.Module):
         batch, length, _ = x.shape
         if state is None:
             state = self.initial_state(batch)
-        generated, state = self._generate(x, state)
-        heads = (batch, length, self.heads, self.dim_head)
-        query = F.normalize(self.to_query(x).view(heads), dim=-1)
-        key = F.normalize(generated[0].view(heads), dim=-1)
-        value = generated[1].view(heads)
-        momentum = torch.sigmoid(self.to_momentum(x)) if self.to_momentum is not None else None
-        forget = generated[3] if self.forget_bias is not None else None
-        out, memory = memorize(query, key, value, generated[2], momentum=momentum, forget=forget,
-                               rule=self.rule, chunk_size=self.chunk_size, state=state.memory)
-        state = SelfModifyingState(state.projections, state.pending, state.offset, memory)
+        generated, projections = self._generate(x, state.projections)
+        heads = (batch, length, self.heads, self.dim_head)  # then the engine layout [B, H, T, ·]
+        query = F.normalize(self.to_query(x).view(heads), dim=-1).transpose(1, 2)
+        key = F.normalize(generated[0].view(heads), dim=-1).transpose(1, 2)
+        value = generated[1].view(heads).transpose(1, 2)
+        momentum = torch.sigmoid(self.to_momentum(x)).transpose(1, 2) if self.to_momentum is not None else None
+        keep = 1 - generated[3].transpose(1, 2) if self.forget_bias is not None else None
+        out, memory = run_memory(self.rule, query, key, value, generated[2].transpose(1, 2), keep, momentum, None,
+                                 self.chunk_size, state.memory)
+        out = out.transpose(1, 2)
+        state = SelfModifyingState(projections, memory)
         out = self.out_norm(out).reshape(batch, length, self.dim) * F.silu(self.to_out_gate(x))
         return self.to_out(out), state
 
@@ -148,8 +138,10 @@ class SelfModifyingMemory(nn.Module):
         """Make the state's fast weights (mean over the batch) the layer's starting weights.
 
         Updates still pending in an unfinished chunk are not committed."""
-        for parameter, weights in zip(self.projection_init, state.projections, strict=True):
-            parameter.copy_(weights.mean(dim=0))
+        projections = state.projections.ref if state.projections.ref is not None else state.projections.weights
+        rows = projections[0][:, 0].mean(dim=0).split([p.shape[0] for p in self.projection_init])
+        for parameter, weights in zip(self.projection_init, rows, strict=True):
+            parameter.copy_(weights)
         memory_weights = state.memory.accum if state.memory.accum is not None else state.memory.weights
         for parameter, weights in zip(self.memory_init, memory_weights, strict=True):
             parameter.copy_(weights.mean(dim=0))

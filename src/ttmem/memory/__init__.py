@@ -2,8 +2,16 @@
 delta-rule path, the token-by-token reference, and the state carried across calls."""
 
 from .architectures import MemoryArchitecture
-from .functional import IMPLS, initial_state, memorize, run_memory, set_value_checks, value_checks, value_checks_enabled
-from .newton_schulz import newton_schulz
+from .functional import (
+    IMPLS,
+    initial_state,
+    memorize,
+    read_chunk_start,
+    run_memory,
+    set_value_checks,
+    value_checks,
+    value_checks_enabled,
+)
 from .objectives import Objective
 from .retention import Retention
 from .rules import RULES, MemoryRule, get_rule
@@ -11,6 +19,6 @@ from .state import MemoryState
 
 __all__ = [
     "IMPLS", "RULES", "MemoryArchitecture", "MemoryRule", "MemoryState", "Objective", "Retention", "get_rule",
-    "initial_state", "memorize", "newton_schulz", "run_memory", "set_value_checks", "value_checks",
+    "initial_state", "memorize", "read_chunk_start", "run_memory", "set_value_checks", "value_checks",
     "value_checks_enabled",
 ]

@@ -11,6 +11,9 @@ rank-one product g_i ⊗ x_i that the chunked engine exploits. Weights are plain
   the inner gradient by 1 / std of its input; with unit-norm keys and the 1/√fan-in initial weights that input
   is small and the gain large (about 11 at head width 32), so one write of step θ moves M(k) by more than θ.
 - ``lowrank``: M(k) = U V k with rank r, i.e. a two-layer linear MLP (θMN(r)).
+
+An MLP's hidden width is ``hidden`` when given (a layer that sizes its memory like its feed-forward block, e.g.
+the continuum-memory levels), else round(expansion · dim_k).
 """
 
 from __future__ import annotations
@@ -75,11 +78,13 @@ def layer_norm_backward(x: Tensor, grad_out: Tensor) -> Tensor:
 
 @dataclass(frozen=True)
 class MemoryArchitecture:
-    """What the memory network is. ``expansion`` sets the MLP hidden width, ``rank`` the low-rank width."""
+    """What the memory network is. ``hidden`` (or ``expansion`` · dim_k) sets the MLP hidden width, ``rank`` the
+    low-rank width."""
 
     kind: str = "linear"
     depth: int = 1
     expansion: float = 4.0
+    hidden: int | None = None    # explicit MLP hidden width; None = round(expansion · dim_k)
     rank: int = 16
     activation: str = "gelu"
     residual_norm: bool = False  # M(x) = x + LN(h)
@@ -92,6 +97,9 @@ class MemoryArchitecture:
             raise ValueError(f"architecture depth must be >= 1, got {self.depth}")
         if self.activation not in ACTIVATIONS:
             raise ValueError(f"architecture activation must be one of {ACTIVATIONS}, got {self.activation!r}")
+        if self.hidden is not None and (isinstance(self.hidden, bool) or not isinstance(self.hidden, int)
+                                        or self.hidden < 1):
+            raise ValueError(f"architecture hidden must be an integer >= 1 or None, got {self.hidden!r}")
         if self.kind == "lowrank" and self.rank < 1:
             raise ValueError(f"architecture rank must be >= 1, got {self.rank}")
         if self.residual and self.residual_norm:
@@ -109,7 +117,7 @@ class MemoryArchitecture:
             return [(dim_v, dim_k)]
         if self.kind == "lowrank":
             return [(self.rank, dim_k), (dim_v, self.rank)]
-        hidden = max(1, int(round(self.expansion * dim_k)))
+        hidden = self.hidden if self.hidden is not None else max(1, int(round(self.expansion * dim_k)))
         return [(hidden, dim_k)] + [(hidden, hidden)] * (self.depth - 2) + [(dim_v, hidden)]
 
     def forward(self, weights: tuple[Tensor, ...], x: Tensor) -> Tensor:

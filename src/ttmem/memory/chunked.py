@@ -17,10 +17,11 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from ttmem.newton_schulz import newton_schulz
+
 from .architectures import activation
 from .coefficients import ChunkCoefficients, chunk_coefficients, window_matrix
 from .fused import rank_update, scaled_sum
-from .newton_schulz import newton_schulz
 from .rules import MemoryRule
 from .state import MemoryState
 
@@ -66,7 +67,7 @@ class _Carry:
     def boundary(self) -> None:
         """Chunk complete: orthogonalise the momentum's step, refresh the retention view, start a new chunk."""
         if self.rule.newton_schulz_steps:
-            self.step = tuple(newton_schulz(s, self.rule.newton_schulz_steps) for s in self.momentum)
+            self.step = tuple(newton_schulz(s, self.rule.newton_schulz_steps, kind="cubic") for s in self.momentum)
         if self.accum is not None:
             self.weights = self.rule.retention.apply_view(self.accum)
         self.ref = self.weights
@@ -91,28 +92,32 @@ def _chunk_step(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, thr: Tensor |
     """One chunk, as a pure function of its inputs: reads of every token, then the state after its last token.
 
     q [B, H, C, dk]; k, v, thr, mask: the chunk's sources (Omega window's earlier tokens first; mask None when
-    every source is real); coef: this chunk's coefficients. Returns (out [B, H, C, dv], weights, step, momentum, accum).
+    every source is real; v of the keys' width for ``self_targets`` rules); coef: this chunk's coefficients.
+    Returns (out [B, H, C, dv], weights, step, momentum, accum).
     """
     arch = rule.architecture
     pred, xs, pre = arch.forward_with_cache(ref, k)
-    grad_out = rule.objective.grad(pred, v, thr)
+    target = arch.forward(ref, v) if rule.self_targets else v
+    grad_out = rule.objective.grad(pred, target, thr)
     gs = arch.output_grads(ref, pre, grad_out if mask is None else grad_out * mask.unsqueeze(-1))
     anchor_grad = None
     if anchor is not None:
         anchor_grad = tuple(rule.retention.anchor * (w - a) for w, a in zip(ref, anchor))
     beta, read, c_in, d_in = coef.beta, coef.read, coef.momentum_in, coef.anchor
 
-    # Reads: layer by layer in the dual form, each token with its own W_t.
-    hidden = q
-    for layer, (w, x, g) in enumerate(zip(weights, xs, gs)):
-        a = beta.unsqueeze(-1) * (hidden @ w.mT)
-        if c_in is not None:
-            a = a + c_in.unsqueeze(-1) * (hidden @ step[layer].mT)
-        a = a - (read * (hidden @ x.mT)) @ g
-        if anchor_grad is not None:
-            a = a - d_in.unsqueeze(-1) * (hidden @ anchor_grad[layer].mT)
-        hidden = a if layer == len(xs) - 1 else activation(arch.act, a)
-    out = arch.output(q, hidden)
+    if rule.read_at_chunk_start:  # every token reads the chunk-start weights (coef holds only the last row)
+        out = arch.forward(ref, q)
+    else:  # layer by layer in the dual form, each token with its own W_t
+        hidden = q
+        for layer, (w, x, g) in enumerate(zip(weights, xs, gs)):
+            a = beta.unsqueeze(-1) * (hidden @ w.mT)
+            if c_in is not None:
+                a = a + c_in.unsqueeze(-1) * (hidden @ step[layer].mT)
+            a = a - (read * (hidden @ x.mT)) @ g
+            if anchor_grad is not None:
+                a = a - d_in.unsqueeze(-1) * (hidden @ anchor_grad[layer].mT)
+            hidden = a if layer == len(xs) - 1 else activation(arch.act, a)
+        out = arch.output(q, hidden)
 
     # End state at the chunk's last token: W = β W + c S − d ∇anchor − Gᵀ diag(A[−1]) X, per layer.
     beta_r = beta[:, :, -1, None, None]
@@ -154,7 +159,7 @@ def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep:
 
     with_anchor = carry.anchor is not None
     coef = chunk_coefficients(_chunks(lr, n, chunk), _chunks(keep, n, chunk), _chunks(eta, n, chunk),
-                              m_src, omega, with_anchor)
+                              m_src, omega, with_anchor, last_row_only=rule.read_at_chunk_start)
     # Split along chunks once: indexing inside the loop would give every chunk a full-size backward.
     q_c = _chunks(q, n, chunk).unbind(2)
     k_src, v_src = k_src.unbind(2), v_src.unbind(2)

@@ -12,6 +12,10 @@ of token i at the chunk-start weights:
 Ω is the (banded) Omega window matrix; its sources that do not exist yet (before the first token) are masked.
 Every matrix is lower triangular. Products are taken with cumprod on masked matrices,
 never as exp(Σ log), so gates of exactly 0 or 1 are exact.
+
+Rules that read at the chunk-start weights (``MemoryRule.read_at_chunk_start``) need only the chunk's end state,
+i.e. the last row of every matrix: ``last_row_only`` builds just that row (O(C) memory instead of O(C²) without
+momentum), so a continuum-memory level with a period of thousands of tokens builds no C × C matrix.
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ def segment_products(x: Tensor) -> Tensor:
     return torch.cumprod(factors, dim=-2).tril()
 
 
+def last_row_products(x: Tensor) -> Tensor:
+    """The last row of ``segment_products``: P[..., 0, s] = Π_{s<j≤C} x_j. x: [..., C] -> [..., 1, C]."""
+    later = torch.cumprod(x.flip(-1), dim=-1).flip(-1)  # Π_{j≥s} x_j
+    return torch.cat([later[..., 1:], torch.ones_like(x[..., :1])], dim=-1).unsqueeze(-2)
+
+
 def window_matrix(chunk: int, past: int, window: int, decay: float, dtype: torch.dtype,
                   device: torch.device) -> Tensor:
     """Ω [chunk, past + chunk]: Ω[t, j] = decay^lag with lag = t + past − j in [0, window)."""
@@ -44,6 +54,8 @@ def window_matrix(chunk: int, past: int, window: int, decay: float, dtype: torch
 
 @dataclass
 class ChunkCoefficients:
+    """Rows are chunk positions (C of them, or only the last one with ``last_row_only``)."""
+
     beta: Tensor            # [..., C]
     read: Tensor            # A [..., C, Cw]
     momentum_in: Tensor | None   # c [..., C]
@@ -54,11 +66,15 @@ class ChunkCoefficients:
 
 
 def chunk_coefficients(lr: Tensor, keep: Tensor, eta: Tensor | None, source_mask: Tensor | None,
-                       omega: Tensor | None, with_anchor: bool) -> ChunkCoefficients:
+                       omega: Tensor | None, with_anchor: bool, last_row_only: bool = False) -> ChunkCoefficients:
     """Gates lr (θ), keep (1 − α), eta (η or None): [..., C]; source_mask (1 = a real source) [..., Cw] or None
-    (all real); omega [C, Cw] or None (window 1, Cw = C)."""
-    forget = segment_products(keep)
+    (all real); omega [C, Cw] or None (window 1, Cw = C). ``last_row_only``: every coefficient for the chunk's
+    last position only (a row dimension of 1)."""
     beta = torch.cumprod(keep, dim=-1)
+    if last_row_only:
+        forget, beta = last_row_products(keep), beta[..., -1:]
+    else:
+        forget = segment_products(keep)
     if eta is None:
         mixing = forget
         momentum_in = carry = momentum = momentum_anchor = None
@@ -67,6 +83,8 @@ def chunk_coefficients(lr: Tensor, keep: Tensor, eta: Tensor | None, source_mask
         carry = torch.cumprod(eta, dim=-1)
         mixing = forget @ decay
         momentum_in = (forget @ carry.unsqueeze(-1)).squeeze(-1)
+        if last_row_only:
+            decay, carry = decay[..., -1:, :], carry[..., -1:]
         momentum_theta = decay * lr.unsqueeze(-2)
         momentum_anchor = momentum_theta.sum(-1) if with_anchor else None
         momentum = momentum_theta @ omega if omega is not None else momentum_theta

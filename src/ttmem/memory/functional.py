@@ -244,6 +244,19 @@ def run_memory(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, ke
     return out, new_state
 
 
+def read_chunk_start(rule: MemoryRule, q: Tensor, state: MemoryState) -> Tensor:
+    """M_{W_ref}(q): what a rule that reads at the chunk start (``read_at_chunk_start``) returns for tokens of the
+    chunk that ``state`` is in, without writing. Engine layout: q [B, H, T, dk] -> [B, H, T, dv]. A layer whose
+    gates come from these reads (HOPE's projection memories) reads, makes the gates, then writes with
+    ``run_memory``. Under autocast it runs in the state's precision, like ``run_memory``."""
+    weights = state.ref if state.ref is not None else state.weights
+    device = q.device.type
+    if torch.is_autocast_enabled(device):
+        with torch.autocast(device, enabled=False):
+            return rule.architecture.forward(weights, q.to(weights[0].dtype))
+    return rule.architecture.forward(weights, q)
+
+
 def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | None = None,
              forget: Tensor | None = None, rule: str | MemoryRule = "titans", chunk_size: int = 64,
              state: MemoryState | None = None, impl: str = "auto", threshold: Tensor | None = None,
@@ -251,7 +264,8 @@ def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | 
     """Write (k, v) pairs into a memory that learns at test time, reading it with q after each write.
 
     Args:
-        q, k: [batch, time, heads, dim_k]; v: [batch, time, heads, dim_v]; one floating dtype.
+        q, k: [batch, time, heads, dim_k]; v: [batch, time, heads, dim_v]; one floating dtype. For rules with
+            ``self_targets`` v has width dim_k and the memory's output width is the state's (dim_k without one).
         lr: step size θ_t [batch, time, heads] in [0, 1].
         momentum: momentum keep η_t [batch, time, heads] in [0, 1] (rules with momentum; None means 0).
         forget: forget gate α_t [batch, time, heads] in [0, 1] (None means 0).
@@ -266,7 +280,8 @@ def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | 
         check_values: also check values (NaN, gate ranges, a non-finite result); None follows ``value_checks``.
 
     Returns:
-        out [batch, time, heads, dim_v] (y_t = M_{W_t}(q_t), read after write) and the new ``MemoryState``.
+        out [batch, time, heads, dim_v] (y_t = M_{W_t}(q_t), read after write; M_{W_ref(t)}(q_t) for rules that
+        read at the chunk start) and the new ``MemoryState``.
     """
     rule = get_rule(rule)
     check_chunk_size(chunk_size)
@@ -285,6 +300,11 @@ def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | 
     if batch == 0:
         raise ValueError("q, k, v must have a batch size of at least 1")
     dim_v = v.shape[-1]
+    if rule.self_targets:  # v is what the memory reads its own targets from: the keys' width
+        if dim_v != dim_k:
+            raise ValueError(f"v: rule {rule.name!r} generates its targets M(v) from v, which must have the keys' "
+                             f"width {dim_k}, got {dim_v}")
+        dim_v = dim_k if state is None or not isinstance(state, MemoryState) else state.weights[-1].shape[-2]
     gates = {"lr": lr, "momentum": momentum, "forget": forget, "threshold": threshold}
     for name, g in gates.items():
         if g is not None:

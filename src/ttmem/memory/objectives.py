@@ -7,6 +7,8 @@ gradient with respect to the prediction (used by the chunked engine). Tests hold
 - ``lp``:    Σ_j (e_j² + ε)^{p/2}, e = p − v: ℓp with a smooth |·| (Moneta); gradient p e (e² + ε)^{p/2 − 1}
 - ``huber``: ½‖e‖² if ‖e‖ ≤ δ else δ‖e‖₁ (Yaad, δ per token): gradient e, or δ sign(e)
 - ``dot``:   −⟨p, v⟩ (Hebbian; a GD step on a linear memory is linear attention's v kᵀ)
+- ``dgd``:   ½‖p − v‖² + ½‖p‖²: a GD step on a linear memory is Nested Learning's delta gradient descent,
+  W (I − θ k kᵀ) − θ (W k − v) kᵀ: the ℓ2 step plus a decay of the memory along the key (gradient 2p − v)
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-OBJECTIVES = ("l2", "lp", "huber", "dot")
+OBJECTIVES = ("l2", "lp", "huber", "dot", "dgd")
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,8 @@ class Objective:
         e = pred - target
         if self.kind == "l2":
             return 0.5 * (e * e).sum(-1)
+        if self.kind == "dgd":
+            return 0.5 * (e * e).sum(-1) + 0.5 * (pred * pred).sum(-1)
         if self.kind == "lp":
             return ((e * e + self.eps) ** (0.5 * self.p)).sum(-1)
         delta = self._delta(threshold, e)
@@ -56,6 +60,8 @@ class Objective:
         e = pred - target
         if self.kind == "l2":
             return e
+        if self.kind == "dgd":
+            return e + pred
         if self.kind == "lp":
             return self.p * e * (e * e + self.eps) ** (0.5 * self.p - 1.0)
         delta = self._delta(threshold, e)

@@ -10,19 +10,24 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .newton_schulz import newton_schulz
+from ttmem.newton_schulz import newton_schulz
+
 from .rules import MemoryRule
 from .state import MemoryState
 
 
 def _token_gradient(rule: MemoryRule, ref: tuple[Tensor, ...], sources: list, anchor) -> tuple[Tensor, ...]:
-    """∇_W [Σ_lag decay^lag ℓ(M_W(k_{t−lag}), v_{t−lag}) + ½λ‖W − anchor‖²] at W = ref, per batch and head."""
+    """∇_W [Σ_lag decay^lag ℓ(M_W(k_{t−lag}), v̂_{t−lag}) + ½λ‖W − anchor‖²] at W = ref, per batch and head;
+    v̂ = v, or M_ref(v) held constant for ``self_targets`` rules."""
     arch, objective = rule.architecture, rule.objective
     with torch.enable_grad():
-        w = tuple(x if x.requires_grad else x.detach().requires_grad_() for x in ref)
+        # A fresh node per call: the gradient counts only the paths through it, not through the targets M_ref(v).
+        w = tuple(x.view_as(x) if x.requires_grad else x.detach().requires_grad_() for x in ref)
         loss = 0.0
         for lag, (k, v, thr, mask) in enumerate(reversed(sources)):
             pred = arch.forward(w, k.unsqueeze(-2)).squeeze(-2)
+            if rule.self_targets:
+                v = arch.forward(ref, v.unsqueeze(-2)).squeeze(-2)
             loss = loss + (rule.window_decay ** lag * mask * objective.loss(pred, v, thr)).sum()
         if anchor is not None:
             loss = loss + 0.5 * rule.retention.anchor * sum(((x - a) ** 2).sum() for x, a in zip(w, anchor))
@@ -63,13 +68,14 @@ def memorize_reference(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Te
         weights = tuple(f * w + s for w, s in zip(weights, step))
         if accum is not None:
             accum = tuple(f * a + s for a, s in zip(accum, step))
-        outputs.append(arch.forward(weights, q[:, :, t].unsqueeze(-2)))
+        read = ref if rule.read_at_chunk_start else weights  # the chunk start, or after this token's write
+        outputs.append(arch.forward(read, q[:, :, t].unsqueeze(-2)))
         past = (past + [token])[-(rule.window - 1):] if rule.window > 1 else []
         offset += 1
         if offset == chunk:
             offset = 0
             if rule.newton_schulz_steps:
-                step_momentum = tuple(newton_schulz(s, rule.newton_schulz_steps) for s in momentum)
+                step_momentum = tuple(newton_schulz(s, rule.newton_schulz_steps, kind="cubic") for s in momentum)
             if accum is not None:
                 weights = rule.retention.apply_view(accum)
             ref = weights

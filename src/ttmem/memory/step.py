@@ -5,7 +5,8 @@ taken at the chunk-start weights ``ref`` (for per-token rules, the current weigh
 those weights after the token's decay), momentum and forgetting advance once, and the read uses the new weights
 (read after write). Nothing is padded and no coefficient matrix is built, so one step costs what the rule's
 per-token FLOP formula says: for a linear memory 6·dk·dv (predict W k, rank-one gradient, read W q), for a
-two-layer MLP memory h·(6·dk + 8·dv).
+two-layer MLP memory h·(6·dk + 8·dv); a rule with ``self_targets`` adds one forward for its target M(v).
+``read_at_chunk_start`` rules read the chunk-start weights ``ref`` instead of the new weights.
 
 Rules with an Omega window, a retention view or an anchor keep earlier tokens' or accumulators' state that this
 step does not model; ``step_applies`` says which rules it serves and the dispatcher sends the others through the
@@ -16,7 +17,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .newton_schulz import newton_schulz
+from ttmem.newton_schulz import newton_schulz
+
 from .rules import MemoryRule
 from .state import MemoryState
 
@@ -38,35 +40,35 @@ def memorize_token(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor
     if rule.forget_first and keep is not None:  # Gated DeltaNet: on the memory after this token's decay
         at = tuple(keep.unsqueeze(-1) * w for w in ref)
     pred, xs, pre = arch.forward_with_cache(at, k)
-    gs = arch.output_grads(at, pre, rule.objective.grad(pred, v, thr))
+    target = arch.forward(at, v) if rule.self_targets else v
+    gs = arch.output_grads(at, pre, rule.objective.grad(pred, target, thr))
     theta = lr.unsqueeze(-1)  # [B, H, 1, 1]
-    # Per layer the token's weight gradient g xᵀ, as a matmul (so FLOP counters see the rank-one product).
-    grads = tuple(g.mT @ x for g, x in zip(gs, xs))
+    # Per layer the token's scaled weight gradient −θ g xᵀ, as a matmul (so FLOP counters see the rank-one
+    # product), with θ applied to the small factor g rather than to the weight-sized product.
+    scaled = tuple((-theta * g).mT @ x for g, x in zip(gs, xs))
 
-    momentum, step = state.momentum, None
+    momentum, step = state.momentum, scaled
     momentum_step = state.momentum_step
     if momentum is not None:
         keep_m = 0.0 if eta is None else eta.unsqueeze(-1)
-        momentum = tuple(keep_m * s - theta * u for s, u in zip(momentum, grads))
+        momentum = tuple(keep_m * s + u for s, u in zip(momentum, scaled))
         if momentum_step is not None:  # Newton–Schulz rules: the weights see the orthogonalised buffer
-            momentum_step = tuple(keep_m * s - theta * u for s, u in zip(momentum_step, grads))
+            momentum_step = tuple(keep_m * s + u for s, u in zip(momentum_step, scaled))
             step = momentum_step
         else:
             step = momentum
-    else:
-        step = tuple(-theta * u for u in grads)
     if keep is None:
         weights = tuple(w + s for w, s in zip(state.weights, step))
     else:
         f = keep.unsqueeze(-1)
         weights = tuple(f * w + s for w, s in zip(state.weights, step))
-    out = arch.forward(weights, q)
+    out = arch.forward(ref if rule.read_at_chunk_start else weights, q)
 
     offset = state.offset + 1
     if offset == chunk:  # chunk complete: new reference weights, orthogonalised momentum
         offset, ref = 0, None
         if rule.newton_schulz_steps:
-            momentum_step = tuple(newton_schulz(s, rule.newton_schulz_steps) for s in momentum)
+            momentum_step = tuple(newton_schulz(s, rule.newton_schulz_steps, kind="cubic") for s in momentum)
     new_state = MemoryState(weights=weights, momentum=momentum, momentum_step=momentum_step,
                             ref=None if offset == 0 else ref, offset=offset, rule=state.rule)
     return out, new_state

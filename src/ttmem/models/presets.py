@@ -51,8 +51,23 @@ ARCH_SETTINGS: dict[str, dict[str, Any]] = {
     "mal": dict(persistent_tokens=4),
 }
 
+# Named variants of an architecture: another memory rule in the same shell, with the MLP ratio solved again for
+# the size in the name (a deep memory's learned initial weights are parameters, a matrix memory's are not).
+# lmm_linear is Titans' long-term memory module with the
+# paper's shallowest memory, a matrix (L_M = 1), trained in context by the same chunked gradient descent with
+# momentum and forgetting; the main job's memory model (it learns MQAR within the job's budget, the deep
+# memory does not: README, "Main job").
+VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, float]]] = {
+    "lmm_linear": ("lmm", dict(memory_rule="titans_linear"), {"tiny": 3.74, "340m": 2.36, "760m": 2.48, "1.3b": 3.74}),
+}
+
 MODEL_PRESETS: dict[str, ModelConfig] = {
     f"{arch}-{size}": ModelConfig(arch=arch, mlp_ratio=MLP_RATIOS[arch][size], **fields, **ARCH_SETTINGS.get(arch, {}))
     for arch in ARCHITECTURES
     for size, fields in SIZES.items()
 }
+MODEL_PRESETS.update({
+    f"{name}-{size}": MODEL_PRESETS[f"{arch}-{size}"].replace(**changes, mlp_ratio=ratios[size])
+    for name, (arch, changes, ratios) in VARIANTS.items()
+    for size in SIZES
+})

@@ -28,7 +28,7 @@ to 1e-1 the rule ended barely below a uniform guess on that model. At lr 1e-3 it
 learning rates is narrow.
 
 **The stable rules, and how they follow.** Write ``NS`` for the plain Newton–Schulz output, whose
-nonzero singular values lie in ``[0.68, 1.21]`` whatever its input's scale (``ttmem.optim.newton_schulz``).
+nonzero singular values lie in ``[0.68, 1.21]`` whatever its input's scale (``ttmem.newton_schulz``).
 The instability is a units mismatch: an entry of ``NS(M)`` has the scale of the whole matrix (about
 ``1/√max(m, n)`` for every entry), an entry of ``√V`` the scale of that one gradient entry. Three repairs
 keep the paper's structure (fast and slow momentum, both orthogonalised, an adaptive second moment):
@@ -92,6 +92,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ttmem.newton_schulz import newton_schulz
 from ttmem.optim.base import (
     CheckedOptimizer,
     apply_decoupled_weight_decay,
@@ -103,7 +104,6 @@ from ttmem.optim.base import (
     positive_int,
     reject_sparse,
 )
-from ttmem.optim.newton_schulz import newton_schulz
 
 VARIANTS = ("precondition", "orth-moment", "rms-only", "paper")
 DEFAULT_VARIANT = "precondition"

@@ -10,10 +10,10 @@ A backend turns tokens into a state and next-token logits; the engine never look
 (a key/value cache does, a fixed-size memory does not); a prefix cache then reuses any cached prefix.
 
 Backends here:
-- TinyLM: a small pre-norm language model from plain torch ops, with either a causal attention
-  mixer (state = per-layer key/value cache, grows with the context) or a θ-memory mixer (state =
-  per-layer [H, dh, dh] weights, fixed size, one gated ℓ2 gradient step per token). Its prefill
-  really computes, so a prefix-cache hit really saves work.
+- TinyLM: a small pre-norm language model, with either a causal attention mixer (state = per-layer
+  key/value cache, grows with the context) or a θ-memory mixer (the memory engine's ``theta`` rule;
+  state = per-layer [H, dh, dh] weights, fixed size, one gated ℓ2 gradient step per token). Its
+  prefill really computes, so a prefix-cache hit really saves work.
 - ModelBackend: any ``ttmem.models`` language model through ``forward(input_ids, state)``.
 
 ``build_backend(name)`` makes one from a picklable name, so a server can be started in another process:
@@ -30,6 +30,8 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ttmem.memory import MemoryState, get_rule, initial_state, run_memory
 
 
 @runtime_checkable
@@ -81,6 +83,10 @@ class _AttentionMixer(nn.Module):
 
 
 class _ThetaMixer(nn.Module):
+    """The memory engine's ``theta`` rule (θMN): W ← W − θ_t (W k_t − v_t) k_tᵀ per token, y_t = W q_t."""
+
+    rule = get_rule("theta")
+
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads, self.dim_head = heads, dim // heads
@@ -88,18 +94,18 @@ class _ThetaMixer(nn.Module):
         self.lr_gate = nn.Linear(dim, heads)
 
     def forward(self, x: Tensor, weights: Tensor | None) -> tuple[Tensor, Tensor]:
-        """x [T, d]; weights [H, dh, dh] -> y [T, d], weights; the same work for every token."""
+        """x [T, d]; weights [H, dh, dh] -> y [T, d], weights; the same work for every token (the exact
+        per-token delta-rule path for a prompt, the one-token step for a decoded token)."""
         t = x.shape[0]
-        q, k, v = self.qkv(x).view(t, 3, self.heads, self.dim_head).unbind(1)  # [T, H, dh]
+        q, k, v = self.qkv(x).view(t, 3, self.heads, self.dim_head).permute(1, 2, 0, 3)  # [H, T, dh]
         k = F.normalize(k, dim=-1)
-        lr = torch.sigmoid(self.lr_gate(x))  # [T, H]
-        w = torch.zeros(self.heads, self.dim_head, self.dim_head) if weights is None else weights
-        ys = []
-        for i in range(t):
-            err = (w @ k[i].unsqueeze(-1)).squeeze(-1) - v[i]
-            w = w - lr[i].view(-1, 1, 1) * (err.unsqueeze(-1) @ k[i].unsqueeze(-2))
-            ys.append((w @ q[i].unsqueeze(-1)).squeeze(-1))
-        return self.out(torch.stack(ys).reshape(t, -1)), w
+        lr = torch.sigmoid(self.lr_gate(x)).T  # [H, T]
+        if weights is None:
+            state = initial_state(self.rule, 1, self.heads, self.dim_head, self.dim_head, dtype=x.dtype)
+        else:
+            state = MemoryState(weights=(weights.unsqueeze(0),), rule=self.rule.name)
+        y, state = run_memory(self.rule, q[None], k[None], v[None], lr[None], None, None, None, 64, state)
+        return self.out(y[0].transpose(0, 1).reshape(t, -1)), state.weights[0][0]
 
 
 class TinyLM(nn.Module):

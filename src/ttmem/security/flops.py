@@ -9,7 +9,7 @@ against FlopCounterMode on real modules. With heads H, head sizes dk, dv:
 - θMN(r):            H · r (6 dk + 8 dv)    (factors U [dv, r], V [r, dk]; gradient on both)
 - Titans MLP memory: H · h (6 dk + 8 dv)    (two layers, hidden size h; forward, closed-form backward, read)
 - KV attention:      H · 4 n dh             (n = keys attended, i.e. cache length after appending the token)
-- linear attention:  H · (4 dk dv + 2 dk)   (state update, read, normaliser)
+- normalised linear attention: H · (4 dk dv + 2 dk)   (state update, read, normaliser)
 Projections of a layer (q, k, v, out) add 8 d².
 
 ``measure_flops`` runs any callable under FlopCounterMode, so whole models can be audited the same way;
@@ -71,8 +71,8 @@ def kv_attention_flops(context: int, dim_head: int, heads: int = 1) -> int:
     return heads * 4 * context * dim_head
 
 
-def linear_attention_flops(dim_k: int, dim_v: int, heads: int = 1) -> int:
-    """Normalised linear attention core: O(dk dv) per token."""
+def normalized_linear_attention_flops(dim_k: int, dim_v: int, heads: int = 1) -> int:
+    """Normalised linear attention core (elu + 1 features and a normaliser): O(dk dv) per token."""
     _positive(dim_k=dim_k, dim_v=dim_v, heads=heads)
     return heads * (4 * dim_k * dim_v + 2 * dim_k)
 
@@ -91,7 +91,7 @@ def decoder_step_flops(kind: str, dim: int, heads: int = 1, context: int = 0, ra
         "theta_lowrank": lambda: theta_lowrank_flops(dh, dh, rank, heads),
         "titans_mlp": lambda: titans_mlp_flops(dh, dh, hidden, heads),
         "kv_attention": lambda: kv_attention_flops(context + 1, dh, heads),
-        "linear_attention": lambda: linear_attention_flops(dh, dh, heads),
+        "normalized_linear_attention": lambda: normalized_linear_attention_flops(dh, dh, heads),
     }
     if kind not in cores:
         raise ValueError(f"kind must be one of {sorted(cores)}, got {kind!r}")

@@ -1,15 +1,21 @@
-"""Single-layer decoders built from plain torch ops, one token at a time.
+"""Single-layer decoders, one token at a time.
 
 They exist so that the timing and FLOP instruments can be checked on layers whose work is known,
 independently of any model preset: each module has ``init_state(batch, context=0)`` and
-``step(x [B, d], state) -> (y [B, d], state)``. Rank-one gradient terms are written as matmuls of
-a column by a row (as a batched engine computes them), so FlopCounterMode sees every product.
+``step(x [B, d], state) -> (y [B, d], state)``, with q/k/v/out projections around a core.
 
-- ThetaMemoryDecoder: θMN, linear memory W [B, H, dv, dk], one ℓ2 gradient step per token, O(d²).
-- LowRankThetaDecoder: θMN(r), W = U V with U [dv, r], V [r, dk], one gradient step on U and V, O(r d).
-- TitansMLPDecoder: two-layer MLP memory (SiLU), one gradient step per token, O(hidden · d).
+The memory cores are the memory engine's one-token step (``ttmem.memory``, ``impl="step"``) with a constant
+step size and unit keys; the engine writes each rank-one gradient as a matmul of a column by a row, so
+FlopCounterMode sees every product. States are plain tensors, as the engine's weights [B, H, out, in].
+
+- ThetaMemoryDecoder: the ``theta`` rule (θMN), linear memory W [B, H, dv, dk], O(d²).
+- LowRankThetaDecoder: the ``theta_lowrank`` rule (θMN(r)), W = U V with U [dv, r], V [r, dk], O(r d).
+- TitansMLPDecoder: a two-layer SiLU MLP memory, one ℓ2 gradient step per token (a rule instance, no
+  momentum or forgetting), O(hidden · d).
 - KVAttentionDecoder: softmax attention over a key/value cache that grows by one token per step, O(n d).
-- LinearAttentionDecoder: normalised linear attention with a [dk, dv] state, O(d²).
+- NormalizedLinearAttentionDecoder: a toy reference, not an engine rule: linear attention with the elu + 1
+  feature map and its normaliser (Katharopoulos et al.), a [dk, dv] state and a [dk] normaliser, O(d²). The
+  engine's ``linear_attention`` rule is the unnormalised form.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from ttmem.memory import MemoryArchitecture, MemoryRule, MemoryState, Objective, get_rule, run_memory
 
 
 def _check_x(x: Tensor, dim: int) -> None:
@@ -45,8 +53,21 @@ class _Heads(nn.Module):
         return self.out(y.reshape(y.shape[0], self.dim))
 
 
+def _engine_step(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: float,
+                 weights: tuple[Tensor, ...]) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """One token through the engine's step: q, k, v [B, H, d]; weights [B, H, out, in] per layer.
+    Returns y [B, H, dv] (read after write) and the new weights."""
+    state = MemoryState(weights=weights, rule=rule.name)
+    step = q.new_full((*q.shape[:2], 1), lr)
+    y, state = run_memory(rule, q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2), step, None, None, None, 1, state,
+                          impl="step")
+    return y.squeeze(2), state.weights
+
+
 class ThetaMemoryDecoder(_Heads):
     """θMN: W <- W - lr (W k - v) kᵀ, y = W q (read after write); keys unit-norm so lr in [0, 1] is stable."""
+
+    rule = get_rule("theta")
 
     def __init__(self, dim: int, heads: int = 1, lr: float = 0.5) -> None:
         super().__init__(dim, heads)
@@ -57,20 +78,19 @@ class ThetaMemoryDecoder(_Heads):
 
     def step(self, x: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
         q, k, v = self.split(x)
-        k = F.normalize(k, dim=-1)
-        err = (state @ k.unsqueeze(-1)).squeeze(-1) - v  # [B, H, dv]
-        state = state - self.lr * (err.unsqueeze(-1) @ k.unsqueeze(-2))
-        return self.merge((state @ q.unsqueeze(-1)).squeeze(-1)), state
+        y, (state,) = _engine_step(self.rule, q, F.normalize(k, dim=-1), v, self.lr, (state,))
+        return self.merge(y), state
 
 
 class LowRankThetaDecoder(_Heads):
-    """θMN(r): memory U V of rank r; gradient step on both factors, O(r d) per token."""
+    """θMN(r): memory U V of rank r; gradient step on both factors, O(r d) per token. State (U, V)."""
 
     def __init__(self, dim: int, heads: int = 1, rank: int = 8, lr: float = 0.5) -> None:
         super().__init__(dim, heads)
         if rank <= 0:
             raise ValueError(f"rank must be positive, got {rank}")
         self.rank, self.lr = rank, lr
+        self.rule = get_rule("theta_lowrank").replace(architecture=MemoryArchitecture(kind="lowrank", rank=rank))
 
     def init_state(self, batch: int, context: int = 0) -> tuple[Tensor, Tensor]:
         g = torch.Generator().manual_seed(0)
@@ -80,23 +100,19 @@ class LowRankThetaDecoder(_Heads):
 
     def step(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         q, k, v = self.split(x)
-        k = F.normalize(k, dim=-1).unsqueeze(-1)  # [B, H, dk, 1]
         u, w = state
-        hidden = w @ k  # [B, H, r, 1]
-        err = u @ hidden - v.unsqueeze(-1)  # [B, H, dv, 1]
-        grad_u = err @ hidden.transpose(-1, -2)
-        grad_w = (u.transpose(-1, -2) @ err) @ k.transpose(-1, -2)
-        u, w = u - self.lr * grad_u, w - self.lr * grad_w
-        y = (u @ (w @ q.unsqueeze(-1))).squeeze(-1)
+        y, (w, u) = _engine_step(self.rule, q, F.normalize(k, dim=-1), v, self.lr, (w, u))  # engine: V first
         return self.merge(y), (u, w)
 
 
 class TitansMLPDecoder(_Heads):
-    """Two-layer MLP memory M(k) = W2 silu(W1 k), one ℓ2 gradient step per token (closed-form backward)."""
+    """Two-layer MLP memory M(k) = W2 silu(W1 k), one ℓ2 gradient step per token. State (W1, W2)."""
 
     def __init__(self, dim: int, heads: int = 1, hidden: int = 32, lr: float = 0.1) -> None:
         super().__init__(dim, heads)
         self.hidden, self.lr = hidden, lr
+        self.rule = MemoryRule("titans_mlp", MemoryArchitecture(kind="mlp", depth=2, hidden=hidden, activation="silu"),
+                               Objective("l2"), per_token=True)
 
     def init_state(self, batch: int, context: int = 0) -> tuple[Tensor, Tensor]:
         g = torch.Generator().manual_seed(0)
@@ -106,18 +122,8 @@ class TitansMLPDecoder(_Heads):
 
     def step(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
         q, k, v = self.split(x)
-        k = F.normalize(k, dim=-1).unsqueeze(-1)
-        w1, w2 = state
-        pre = w1 @ k
-        act = F.silu(pre)
-        err = w2 @ act - v.unsqueeze(-1)
-        grad_w2 = err @ act.transpose(-1, -2)
-        sig = torch.sigmoid(pre)
-        grad_pre = (w2.transpose(-1, -2) @ err) * (sig * (1 + pre * (1 - sig)))  # silu'(pre)
-        grad_w1 = grad_pre @ k.transpose(-1, -2)
-        w1, w2 = w1 - self.lr * grad_w1, w2 - self.lr * grad_w2
-        y = (w2 @ F.silu(w1 @ q.unsqueeze(-1))).squeeze(-1)
-        return self.merge(y), (w1, w2)
+        y, state = _engine_step(self.rule, q, F.normalize(k, dim=-1), v, self.lr, state)
+        return self.merge(y), state
 
 
 class KVAttentionDecoder(_Heads):
@@ -136,8 +142,8 @@ class KVAttentionDecoder(_Heads):
         return self.merge(y), (keys, values)
 
 
-class LinearAttentionDecoder(_Heads):
-    """y = φ(q)ᵀ S / φ(q)ᵀ z with S += φ(k) vᵀ, z += φ(k); φ = elu + 1."""
+class NormalizedLinearAttentionDecoder(_Heads):
+    """Toy reference (not an engine rule): y = φ(q)ᵀ S / φ(q)ᵀ z with S += φ(k) vᵀ, z += φ(k); φ = elu + 1."""
 
     def init_state(self, batch: int, context: int = 0) -> tuple[Tensor, Tensor]:
         return (
@@ -159,5 +165,5 @@ DECODERS: dict[str, type[_Heads]] = {
     "theta_lowrank": LowRankThetaDecoder,
     "titans_mlp": TitansMLPDecoder,
     "kv_attention": KVAttentionDecoder,
-    "linear_attention": LinearAttentionDecoder,
+    "normalized_linear_attention": NormalizedLinearAttentionDecoder,
 }

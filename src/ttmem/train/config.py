@@ -1,7 +1,8 @@
 """The one training configuration: a flat dataclass, read from YAML / TOML, overridden by `key=value`.
 
-Design: defaults are the README's main job (a tiny Titans MAC on the standard-library corpus with a
-needle-task share, compared against a same-size sliding-window Transformer). Files and command-line
+Design: defaults are the README's main job (a tiny Titans LMM with a matrix memory on the standard-library
+corpus with a needle-task share, compared against a same-size sliding-window Transformer, then both rebuilt
+small for the recall study). Files and command-line
 overrides may only name existing fields; anything else is one ValueError naming the key and the
 valid ones. Values on the command line are parsed as YAML scalars and then coerced to the field's
 type, so `lr=3e-4`, `compile=true`, `betas=[0.9,0.95]` and `model_args.dim=64` all work.
@@ -49,7 +50,7 @@ RUN_DEFINING = (
 @dataclass
 class TrainConfig:
     # model
-    model: str = "mac-tiny"  # preset name, or "path/to/file.py:factory" / "pkg.module:factory"
+    model: str = "lmm_linear-tiny"  # preset name, or "path/to/file.py:factory" / "pkg.module:factory"
     model_args: dict = field(default_factory=dict)  # overrides passed to the model builder
     baseline: str = "swa_transformer-tiny"  # trained (or reused) and compared after the main run; "none" = off
     # data
@@ -89,6 +90,8 @@ class TrainConfig:
     report: bool = True  # evaluate and write report.md / PNGs at the end
     eval_depths: int = 10  # needle depths per length in the report (of the 40)
     eval_samples: int = 4  # needle examples per (length, depth) cell
+    recall: bool = True  # the report's recall study: both models rebuilt small and trained on MQAR
+    recall_args: dict = field(default_factory=dict)  # RecallStudy overrides, e.g. recall_args.steps=200
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

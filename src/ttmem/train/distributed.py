@@ -33,6 +33,13 @@ class DistEnv:
 
 
 def pick_device(requested: str, env: DistEnv) -> torch.device:
+    if env.enabled and torch.cuda.is_available() and requested in ("auto", "cuda"):
+        gpus = torch.cuda.device_count()
+        if env.local_rank >= gpus:
+            raise ValueError(
+                f"config key 'device' is {requested}: process {env.local_rank} of this node has no GPU of its own "
+                f"({gpus} visible); start at most {gpus} processes per node or set device=cpu"
+            )
     if requested == "auto":
         return torch.device(f"cuda:{env.local_rank}" if torch.cuda.is_available() else "cpu")
     try:

@@ -1,21 +1,24 @@
 """Building a model from a name, and rebuilding it from a checkpoint's model record.
 
-Design: a model spec is either a preset name of `ttmem.models` (imported lazily, so the trainer
-works with any module) or "FILE.py:FACTORY" / "package.module:FACTORY" naming a function that takes
-`vocab_size=` plus the model arguments and returns an `nn.Module` whose forward(input_ids [B, T])
-returns logits [B, T, V] or an object with `.logits`. The record stored in checkpoints holds the
-spec, the arguments and, for preset models, the full model config, so a checkpoint can be rebuilt
-even if presets change later.
+Design: a model spec is either a preset name of `ttmem.models` or "FILE.py:FACTORY" /
+"package.module:FACTORY" naming a function that takes `vocab_size=` plus the model arguments and returns
+an `nn.Module` whose forward(input_ids [B, T]) returns logits [B, T, V] or an object with `.logits`.
+Loading the user's own code is the one dynamic import, and it is explicit: a file runs with `runpy`,
+a module is resolved with `pkgutil.resolve_name`. The record stored in checkpoints holds the spec, the
+arguments and, for preset models, the full model config, so a checkpoint can be rebuilt even if presets
+change later.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+import pkgutil
+import runpy
 from pathlib import Path
 from typing import Any
 
 from torch import nn
+
+from ttmem.models import ModelConfig, build_model
 
 
 def _load_factory(spec: str):
@@ -24,27 +27,17 @@ def _load_factory(spec: str):
         path = Path(target).expanduser()
         if not path.is_file():
             raise ValueError(f"model file not found: {path}")
-        module_spec = importlib.util.spec_from_file_location(f"ttmem_user_model_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
+        factory = runpy.run_path(str(path), run_name=f"ttmem_user_model_{path.stem}").get(attr)
     else:
         try:
-            module = importlib.import_module(target)
+            factory = pkgutil.resolve_name(spec)
         except ImportError as err:
             raise ValueError(f"cannot import model module '{target}': {err}") from err
-    factory = getattr(module, attr, None)
+        except AttributeError:
+            factory = None
     if not callable(factory):
         raise ValueError(f"model factory '{attr}' not found in {target}")
     return factory
-
-
-def _models_package(spec: str):
-    try:
-        return importlib.import_module("ttmem.models")
-    except ImportError as err:
-        raise ValueError(
-            f"model preset '{spec}' needs the ttmem.models package, which failed to import: {err}"
-        ) from err
 
 
 def build_from_spec(spec: str, model_args: dict[str, Any], vocab_size: int) -> tuple[nn.Module, dict[str, Any]]:
@@ -59,9 +52,8 @@ def build_from_spec(spec: str, model_args: dict[str, Any], vocab_size: int) -> t
         except TypeError as err:
             raise ValueError(f"model factory {spec} rejected its arguments {sorted(args)}: {err}") from err
     else:
-        models = _models_package(spec)
         try:
-            model = models.build_model(spec, **args)
+            model = build_model(spec, **args)
         except TypeError as err:
             raise ValueError(f"model preset '{spec}' rejected the arguments {sorted(args)}: {err}") from err
     if not isinstance(model, nn.Module):
@@ -76,8 +68,7 @@ def build_from_spec(spec: str, model_args: dict[str, Any], vocab_size: int) -> t
 def rebuild_model(record: dict[str, Any]) -> nn.Module:
     """The (untrained) model a checkpoint's record describes."""
     if "config" in record and ":" not in record["spec"]:
-        models = _models_package(record["spec"])
-        return models.build_model(models.ModelConfig.from_dict(record["config"]))
+        return build_model(ModelConfig.from_dict(record["config"]))
     model, _ = build_from_spec(
         record["spec"], {k: v for k, v in record["args"].items()}, record["args"].get("vocab_size", 256)
     )

@@ -1,7 +1,9 @@
-"""Optimizers by name and the warm-up + cosine learning-rate schedule.
+"""Optimizers by name, the warm-up + cosine learning-rate schedule, and the update that ends every
+training step (gradient clipping, optimizer step, schedule step), shared by the trainer and by the small
+training loops of evaluation (`ttmem.eval.mqar`).
 
-Design: "adamw", "adam" and "sgd" come from torch; any other name is looked up in `ttmem.optim` (the
-Nested Learning optimizers, by lower-case class name). A name `BASE-VARIANT` picks a variant of an
+Design: "adamw", "adam" and "sgd" come from torch; any other name is looked up in `ttmem.optim.OPTIMIZERS`
+(the Nested Learning optimizers, by lower-case class name). A name `BASE-VARIANT` picks a variant of an
 optimizer with a `variant` argument: `m3-paper` is `M3(variant="paper")`, `m3-precondition` its
 precondition-first form; plain `m3` is the stable default.
 Weight decay applies to matrices only (biases, norms and embeddings' 1-D gains are not decayed).
@@ -12,13 +14,14 @@ Optimizers that orthogonalise matrix updates (those taking an `orthogonalize` ar
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from collections.abc import Callable
 
 import torch
 from torch import nn
+
+from ttmem.optim import OPTIMIZERS, m3_param_groups
 
 TORCH_OPTIMIZERS = ("adamw", "adam", "sgd")
 
@@ -32,19 +35,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return groups
 
 
-def _optim_registry() -> dict[str, Callable]:
-    try:
-        module = importlib.import_module("ttmem.optim")
-    except ImportError:
-        return {}
-    registry = getattr(module, "OPTIMIZERS", None)
-    if isinstance(registry, dict):
-        return {str(k).lower(): v for k, v in registry.items()}
-    return {
-        name.lower(): obj
-        for name, obj in vars(module).items()
-        if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer)
-    }
+def optimizer_names() -> list[str]:
+    """Every name `build_optimizer` accepts (variants aside)."""
+    return [*TORCH_OPTIMIZERS, *OPTIMIZERS]
 
 
 def build_optimizer(
@@ -59,21 +52,18 @@ def build_optimizer(
         return torch.optim.Adam(groups, lr=lr, betas=betas)
     if key == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=betas[0])
-    registry = _optim_registry()
     base, _, variant = key.partition("-")
-    if key not in registry and base not in registry:
-        raise ValueError(f"unknown optimizer '{name}'; available: {', '.join([*TORCH_OPTIMIZERS, *registry])}")
-    cls = registry[key] if key in registry else registry[base]
+    if key not in OPTIMIZERS and base not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer '{name}'; available: {', '.join(optimizer_names())}")
+    cls = OPTIMIZERS[key] if key in OPTIMIZERS else OPTIMIZERS[base]
     kwargs: dict = {"lr": lr}
-    if key not in registry:
+    if key not in OPTIMIZERS:
         variants = getattr(cls, "VARIANTS", ())
         if variant not in variants:
             raise ValueError(f"unknown optimizer '{name}': {base} has no variant '{variant}'; "
                              f"variants: {', '.join(variants) or 'none'}")
         kwargs["variant"] = variant
     if "orthogonalize" in inspect.signature(cls).parameters:
-        from ttmem.optim import m3_param_groups
-
         groups = m3_param_groups(model, weight_decay)
     try:
         return cls(groups, **kwargs)
@@ -92,3 +82,16 @@ def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float) -> Call
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
+
+
+def clip_gradients(model: nn.Module, max_norm: float) -> float:
+    """Clip the gradients' global norm to `max_norm` (<= 0: no clipping); returns the norm before clipping."""
+    norm = nn.utils.clip_grad_norm_(model.parameters(), max_norm if max_norm > 0 else math.inf)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+
+
+def apply_update(optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler) -> None:
+    """The end of every training step: apply the optimizer, clear the gradients, advance the schedule."""
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    scheduler.step()

@@ -52,8 +52,8 @@ from torch.distributed.checkpoint.state_dict import (
 
 from ttmem.data import Corpus, CorpusWindows, MixedRows, SyntheticTask, TaskRows, get_tokenizer, load_corpus
 from ttmem.data.batches import RowSource, make_batch
-from ttmem.eval.metrics import lm_nll_sums, logits_of, summarize_nll, token_nll_sum
 from ttmem.fileio import describe_os_error, remove_stale_temporaries
+from ttmem.models.checkpoint import TRAINER_STATE_FILE, shared_aliases
 from ttmem.train import checkpoint as ckpt
 from ttmem.train import resume as rs
 from ttmem.train.config import TrainConfig, config_changes, validate
@@ -67,7 +67,8 @@ from ttmem.train.distributed import (
 )
 from ttmem.train.logs import RunLogger, append_records, read_log, truncate_log
 from ttmem.train.modelspec import build_from_spec
-from ttmem.train.optim import build_optimizer, warmup_cosine
+from ttmem.train.objective import lm_nll_sums, logits_of, summarize_nll, token_nll_sum
+from ttmem.train.optim import apply_update, build_optimizer, clip_gradients, warmup_cosine
 from ttmem.train.runlock import run_lock
 
 
@@ -178,6 +179,7 @@ class Trainer:
         else:
             self.model_record = {"spec": f"<{type(model).__name__} instance>", "args": {}}
         self.module = model.to(self.device)
+        self.tied_names = shared_aliases(self.module)  # before FSDP shards the storages that show the tying
         self.model = wrap_model(
             torch.compile(self.module) if config.compile else self.module,
             self.env,
@@ -224,6 +226,7 @@ class Trainer:
             "step": self.step,
             "tokens": self.tokens,
             "model": model_state,
+            "model_aliases": {k: v for k, v in self.tied_names.items() if k in model_state},
             "optimizer": optim_state,
             "scheduler": self.scheduler.state_dict(),
             "rng": _rng_state(),
@@ -243,9 +246,9 @@ class Trainer:
 
     def _resume_target(self, resume: bool | str | Path) -> tuple[Path | None, dict[str, Any] | None]:
         """(path, payload) of the checkpoint to resume from: the newest valid one of this run (or of the
-        run folder / checkpoint folder given), or the given file."""
+        run folder / checkpoint folder given), or the given checkpoint (directory, or an earlier version's file)."""
         given = None if resume is True else Path(resume)
-        if given is not None and given.is_file():
+        if given is not None and (given.is_file() or (given / TRAINER_STATE_FILE).is_file()):  # one checkpoint
             return given, ckpt.load_checkpoint(given)
         if given is not None and not given.exists():
             raise ValueError(f"checkpoint not found: {given}")
@@ -344,22 +347,19 @@ class Trainer:
                 objective.backward()
             loss_sum += nll.detach().double()
         loss = float(all_reduce_sum(loss_sum, self.env)) / max(global_count, 1.0)
-        norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # FSDP: a DTensor
+        grad_norm = clip_gradients(self.model, cfg.grad_clip)
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
             self.optimizer.zero_grad(set_to_none=True)
             raise self._diverged(
                 f"loss={loss}, grad_norm={grad_norm}; stopped before updating the weights ({self._kept()});"
                 " lower lr or check the data"
             )
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        apply_update(self.optimizer, self.scheduler)
         if self._weights_not_finite():  # an optimizer can overflow on finite gradients; never checkpoint that
             raise self._diverged(
                 f"the {self.config.optimizer} step made weights non-finite (loss={loss}, grad_norm={grad_norm});"
                 f" {self._kept()}; lower lr"
             )
-        self.scheduler.step()
         self.step += 1
         self.tokens += cfg.batch_size * cfg.seq_len
         return loss, grad_norm
@@ -564,4 +564,4 @@ class Trainer:
         )
 
     def _written(self, step: int) -> bool:
-        return ckpt.checkpoint_path(self.checkpoint_dir, step).is_file()
+        return ckpt.checkpoint_path(self.checkpoint_dir, step).exists()

@@ -1,4 +1,6 @@
-"""Language-model metrics: loss, perplexity and bits per byte over a token array.
+"""The language-modelling objective: next-token loss, and its validation measures (loss, perplexity, bits
+per byte over a token array). Training minimises it and reports it on the validation split; evaluation
+(`ttmem.eval`) reports the same numbers, so it lives below both.
 
 Design: the validation text is cut into consecutive, non-overlapping windows of `seq_len` predicted
 tokens (each token is predicted exactly once, with the window's earlier tokens as context), so the

@@ -1,21 +1,73 @@
-"""Newton–Schulz: against an SVD reference, the documented singular-value band, and degenerate inputs."""
+"""Newton–Schulz, both iterations: against an SVD reference and the polar factor, the singular-value bands the
+module docstring states (measured here on the polynomials written out), and degenerate inputs."""
 
 import pytest
 import torch
 
-from ttmem.optim.newton_schulz import SINGULAR_VALUE_BAND, newton_schulz, singular_value_map
+from ttmem.newton_schulz import SINGULAR_VALUE_BAND, newton_schulz, singular_value_map
 
 LOW, HIGH = SINGULAR_VALUE_BAND
 
 
 
 
-def svd_reference(x: torch.Tensor, steps: int) -> torch.Tensor:
+def svd_reference(x: torch.Tensor, steps: int, kind: str = "quintic") -> torch.Tensor:
     """U p^steps(Σ / ‖X‖_F) Vᵀ computed from an SVD in float64."""
     u, s, vh = torch.linalg.svd(x.double(), full_matrices=False)
     frob = torch.linalg.matrix_norm(x.double(), keepdim=True)[..., 0]
-    mapped = singular_value_map(s / frob, steps)
+    mapped = singular_value_map(s / frob, steps, kind)
     return u @ torch.diag_embed(mapped) @ vh
+
+
+def polynomial(kind: str, sigma: torch.Tensor, steps: int) -> torch.Tensor:
+    """The scalar iteration written from its definition, independent of the module."""
+    for _ in range(steps):
+        if kind == "cubic":
+            sigma = 1.5 * sigma - 0.5 * sigma**3
+        else:
+            sigma = 3.4445 * sigma - 4.7750 * sigma**3 + 2.0315 * sigma**5
+    return sigma
+
+
+GRID = torch.logspace(-6, 0, 2_000_001, dtype=torch.float64)  # sigma / ||X||_F
+
+
+@pytest.mark.parametrize("kind", ["cubic", "quintic"])
+def test_singular_value_map_is_the_written_polynomial(kind):
+    torch.testing.assert_close(singular_value_map(GRID, 5, kind), polynomial(kind, GRID, 5), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("threshold,steps,low,high", [(3e-3, 5, 0.682, 1.203), (1e-2, 5, 0.682, 1.135),
+                                                      (1e-4, 8, 0.682, 1.203)])
+def test_quintic_band_is_what_the_steps_reach(threshold, steps, low, high):
+    """The documented band, and that it is tight (within 1e-3 of what the steps actually reach)."""
+    reached = polynomial("quintic", GRID[GRID >= threshold], steps)
+    assert low - 1e-3 <= reached.min() <= low + 1e-3 and high - 1e-3 <= reached.max() <= high + 1e-3
+    assert LOW <= reached.min() and reached.max() <= HIGH
+    assert polynomial("quintic", torch.tensor([1e-3], dtype=torch.float64), 5) < LOW  # below 3e-3 it is not reached
+
+
+def test_cubic_approaches_one_from_below_slowly():
+    reached = polynomial("cubic", GRID, 5)
+    assert reached.max() <= 1.0
+    assert reached[GRID >= 0.3].min() >= 0.995
+    at = polynomial("cubic", torch.tensor([0.1, 0.03], dtype=torch.float64), 5)
+    torch.testing.assert_close(at, torch.tensor([0.66, 0.22], dtype=torch.float64), rtol=0, atol=0.01)
+
+
+@pytest.mark.parametrize("kind", ["cubic", "quintic"])
+@pytest.mark.parametrize("shape", [(9, 13), (13, 9), (2, 3, 6, 4)])
+def test_both_kinds_match_the_svd_reference_in_float64(kind, shape):
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(10), dtype=torch.float64)
+    torch.testing.assert_close(newton_schulz(x, 5, kind=kind), svd_reference(x, 5, kind), rtol=0, atol=1e-10)
+
+
+def test_cubic_converges_to_the_polar_factor():
+    """Enough cubic steps give U Vᵀ exactly (singular values of X / ||X||_F in (0, 1])."""
+    sigma = torch.linspace(1.0, 0.05, 8, dtype=torch.float64)
+    x = with_singular_values(sigma, 8, 11, seed=11)
+    u, _, vh = torch.linalg.svd(x, full_matrices=False)
+    torch.testing.assert_close(newton_schulz(x, 40, kind="cubic"), u @ vh, rtol=0, atol=1e-12)
 
 
 def with_singular_values(sigma: torch.Tensor, m: int, n: int, seed: int) -> torch.Tensor:
@@ -109,3 +161,5 @@ def test_bad_arguments():
         newton_schulz(torch.ones(2, 2, dtype=torch.int64))
     with pytest.raises(TypeError, match="torch.Tensor"):
         newton_schulz([[1.0, 0.0], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="kind must be one of"):
+        newton_schulz(torch.ones(2, 2), kind="quartic")

@@ -1,9 +1,10 @@
 """Trained models back from disk, and evaluating one or several of them on the same data.
 
-Design: anything that names a trained model — a checkpoint file or a run folder (its newest
-checkpoint) — goes through `load_trained`, which rebuilds the model from the record stored in the
-checkpoint, so evaluation needs no config besides the data. `compare` evaluates every model on the
-very same validation windows and synthetic examples and returns one row per model.
+Design: anything that names a trained model — a training checkpoint, a run folder (its newest
+checkpoint) or a model directory written by `save_model` — goes through `load_trained`, which rebuilds
+the model from the record stored with it, so evaluation needs no config besides the data. `compare`
+evaluates every model on the very same validation windows and synthetic examples and returns one row
+per model.
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ import torch
 from torch import nn
 
 from ttmem.data import NEEDLE_DEPTHS, Corpus, SyntheticTask, get_tokenizer, load_corpus
-from ttmem.eval.metrics import evaluate_lm
 from ttmem.eval.recall import needle_grid, task_accuracy
+from ttmem.models.checkpoint import RUN_CHECKPOINTS, TRAINER_STATE_FILE, is_model_dir, load_model
 from ttmem.train.checkpoint import latest_checkpoint, load_checkpoint
 from ttmem.train.modelspec import rebuild_model
+from ttmem.train.objective import evaluate_lm
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the newest checkpoint of a run folder."""
+    """A checkpoint (directory, or an earlier version's file), or the newest checkpoint of a run folder."""
     path = Path(path)
-    if path.is_dir():
-        found = latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)
+    if path.is_dir() and not (path / TRAINER_STATE_FILE).is_file():
+        found = latest_checkpoint(path / RUN_CHECKPOINTS) or latest_checkpoint(path)
         if found is None:
             raise ValueError(f"run folder {path} holds no checkpoint")
         return found
@@ -36,7 +38,13 @@ def resolve_checkpoint(path: str | Path) -> Path:
 
 
 def load_trained(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
-    """(model in eval mode, checkpoint payload) of a checkpoint file or run folder."""
+    """(model in eval mode, checkpoint payload) of a training checkpoint, a run folder (its newest
+    checkpoint) or a directory written by `ttmem.models.save_model` (whose payload holds only a
+    model record)."""
+    path = Path(path)
+    if is_model_dir(path) and not (path / TRAINER_STATE_FILE).is_file():
+        model = load_model(path, device)
+        return model.eval(), {"model_record": {"spec": model.config.arch, "config": model.config.to_dict()}}
     path = resolve_checkpoint(path)
     payload = load_checkpoint(path)
     if "model_record" not in payload or "model" not in payload:

@@ -23,12 +23,14 @@ import numpy as np
 import torch
 
 from ttmem.data import get_tokenizer, needle_example
+from ttmem.eval.pipeline import evaluate_model, format_table, load_trained, report_depths
 from ttmem.eval.recall import save_heatmap
+from ttmem.eval.recall_study import RecallStudy, plot_recall, recall_rows, run_studies
+from ttmem.models.presets import MODEL_PRESETS
 from ttmem.train.checkpoint import list_checkpoints
 from ttmem.train.config import TrainConfig
 from ttmem.train.logs import read_log
 from ttmem.train.modelspec import build_from_spec
-from ttmem.train.pipeline import evaluate_model, format_table, load_trained, report_depths
 from ttmem.train.runlock import run_lock
 from ttmem.train.trainer import Trainer, TrainResult
 
@@ -117,6 +119,48 @@ def _plots(
     return ["comparison.png", *files]
 
 
+def recall_study(config: TrainConfig, progress: bool = False) -> tuple[dict[str, dict[str, Any]], str]:
+    """The recall study of the main model and the baseline (``ttmem.eval.recall_study``), each reused from
+    ``OUT/recall/`` when already done; ({label: result}, "") or ({}, the reason it was skipped)."""
+    if not config.recall:
+        return {}, "recall=false"
+    models = {run_label(config.model): (config.model, config.model_args)}
+    if config.baseline not in ("", "none"):
+        label = run_label(config.baseline)
+        models[label if label not in models else f"{label} (baseline)"] = (
+            config.baseline, baseline_config(config).model_args)
+    not_presets = [spec for spec, _ in models.values() if ":" in spec or spec not in MODEL_PRESETS]
+    if not_presets:
+        return {}, f"the recall study rebuilds preset models; {not_presets[0]} is not a preset"
+    study = RecallStudy(**{"seed": config.seed, **config.recall_args})
+    jobs = {label: (Path(config.out_dir) / "recall" / f"{_file_name(label)}.json", spec, args)
+            for label, (spec, args) in models.items()}
+    return run_studies(jobs, study, progress), ""
+
+
+def _recall_section(recall: dict[str, dict[str, Any]], skipped: str) -> list[str]:
+    if not recall:
+        return ["## Recall past the window", "", f"Not run: {skipped}.", ""] if skipped != "recall=false" else []
+    first = next(iter(recall.values()))
+    study = first["study"]
+    return [
+        "## Recall past the window",
+        "",
+        f"Both models rebuilt at dim {study['dim']}, depth {study['depth']}, {study['heads']} heads, window "
+        f"{study['window']} (the window stack sees {first['reach']} tokens back), with equal parameter counts, "
+        f"trained from seed {study['seed']} on the same MQAR batches ({study['num_kv_pairs']} key-value pairs, "
+        f"vocabulary {study['vocab_size']}, length {study['seq_len']}; {study['steps']} AdamW steps of "
+        f"{study['batch_size']} at lr {study['lr']:g}); scored on {study['eval_examples']} held-out examples per "
+        f"length. 'Past window' = queries whose key is more than {first['reach']} tokens back; chance "
+        f"{first['chance']:.3f}.",
+        "",
+        format_table(recall_rows(recall), markdown=True),
+        "",
+        "![recall.png](recall.png)",
+        "",
+    ]
+
+
 def write_report(config: TrainConfig, runs: dict[str, TrainResult], progress: bool = False) -> dict[str, Any]:
     """Evaluate every run the same way and write report.md, PNGs and summary.json into out_dir."""
     out_dir = Path(config.out_dir)
@@ -143,28 +187,35 @@ def write_report(config: TrainConfig, runs: dict[str, TrainResult], progress: bo
         results[name]["params"] = sum(p.numel() for p in run.model.parameters())
         results[name]["steps"] = run.step
     plots = _plots(out_dir, results, lengths, depths, {n: r.out_dir / "log.jsonl" for n, r in runs.items()})
+    recall, skipped = recall_study(config, progress)
+    if recall:
+        plot_recall(recall, out_dir / "recall.png")
     rows = [
-        {
-            "model": name,
-            "params": m["params"],
-            "steps": m["steps"],
-            "val_bpb": m["val_bpb"],
-            **{f"needle@{n} ({n // config.seq_len}x)": m[f"needle@{n}"] for n in lengths},
-        }
+        {"model": name, "params": m["params"], "steps": m["steps"], "val_bpb": m["val_bpb"]}
+        for name, m in results.items()
+    ]
+    needle_rows = [
+        {"model": name, **{f"needle@{n} ({n // config.seq_len}x)": m[f"needle@{n}"] for n in lengths}}
         for name, m in results.items()
     ]
     lines = [
         "# ttmem run report",
         "",
+        *_recall_section(recall, skipped),
+        "## Language modelling",
+        "",
         f"Data: `{config.data}` ({config.tokenizer} tokens), training length {config.seq_len}, "
         f"{config.steps} steps of {config.batch_size} sequences, seed {config.seed}; "
-        f"`{config.aux_task or 'no'}` task share {config.aux_fraction:g}.",
-        "",
-        f"Validation bits per byte on the first {config.eval_tokens} validation tokens (lower is better); "
-        "needle accuracy = share of examples whose 7-digit answer is predicted exactly, "
-        f"{len(depths)} depths x {config.eval_samples} examples per length.",
+        f"`{config.aux_task or 'no'}` task share {config.aux_fraction:g}. "
+        f"Validation bits per byte on the first {config.eval_tokens} validation tokens (lower is better).",
         "",
         format_table(rows, markdown=True),
+        "",
+        f"Needle (a 7-digit passkey in the corpus' text, answered exactly; {len(depths)} depths x "
+        f"{config.eval_samples} examples per length): too hard for models of this size and budget, kept to show "
+        "when a longer run learns it (`ttmem eval --needle` draws the heatmap).",
+        "",
+        format_table(needle_rows, markdown=True),
         "",
         *[f"![{p}]({p})" for p in plots],
         "",
@@ -172,9 +223,18 @@ def write_report(config: TrainConfig, runs: dict[str, TrainResult], progress: bo
         "",
     ]
     (out_dir / "report.md").write_text("\n".join(lines))
-    summary = {name: {k: v for k, v in m.items() if not isinstance(v, np.ndarray)} for name, m in results.items()}
+    summary: dict[str, Any] = {
+        name: {k: v for k, v in m.items() if not isinstance(v, np.ndarray)} for name, m in results.items()}
+    if recall:
+        summary["recall_study"] = {"rows": recall_rows(recall), "chance": next(iter(recall.values()))["chance"],
+                                   "reach": next(iter(recall.values()))["reach"]}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return {"rows": rows, "report": str(out_dir / "report.md"), "plots": plots, "table": format_table(rows)}
+    table = format_table([{**r, **n} for r, n in zip(rows, needle_rows, strict=True)])
+    if recall:
+        table = f"recall past the window (MQAR, chance {next(iter(recall.values()))['chance']:.3f}):\n" + \
+            format_table(recall_rows(recall)) + "\n\nlanguage modelling:\n" + table
+    return {"rows": rows, "report": str(out_dir / "report.md"), "plots": plots + (["recall.png"] if recall else []),
+            "table": table, "recall": recall}
 
 
 def run_main_job(
@@ -186,10 +246,25 @@ def run_main_job(
         return _main_job(config, resume, progress, tuple(allow_changes))
 
 
+def _check_recall_args(config: TrainConfig) -> None:
+    """The recall study's overrides name its fields and build a valid study (checked before training)."""
+    if not config.recall_args:
+        return
+    known = {f.name for f in dataclasses.fields(RecallStudy)}
+    unknown = sorted(set(config.recall_args) - known)
+    if unknown:
+        raise ValueError(f"config key 'recall_args.{unknown[0]}' is unknown; valid: {', '.join(sorted(known))}")
+    try:
+        RecallStudy(**config.recall_args)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"config key 'recall_args': {err}") from None
+
+
 def _main_job(
     config: TrainConfig, resume: bool | str, progress: bool, allow_changes: tuple[str, ...]
 ) -> dict[str, Any]:
     _check_baseline_spec(config)
+    _check_recall_args(config)
     if config.report:  # fail before training, not after it
         try:
             needle_example(np.random.default_rng(0), config.seq_len, 0.5, get_tokenizer(config.tokenizer))
