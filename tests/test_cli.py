@@ -16,7 +16,7 @@ from ttmem.cli import main
 from ttmem.train import list_checkpoints, read_log
 
 ROOT = Path(__file__).resolve().parents[1]
-MODELS = str(ROOT / "tests" / "test_train_models.py")
+MODELS = str(ROOT / "tests" / "helpers" / "train_models.py")
 
 
 
@@ -61,11 +61,11 @@ def test_train_report_eval_generate_bench_info(tmp_path, corpus, capsys):
     assert code == 0, stderr
     assert "report:" in stdout and "val_bpb" in stdout
     report = (out / "report.md").read_text()
-    assert "test_train_models.py:tiny_lm (baseline)" in report and "needle@384 (4x)" in report
-    for png in ("comparison.png", "needle_test_train_models.py_tiny_lm.png"):
+    assert "train_models.py:tiny_lm (baseline)" in report and "needle@384 (4x)" in report
+    for png in ("comparison.png", "needle_train_models.py_tiny_lm.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == {"test_train_models.py:tiny_lm", "test_train_models.py:tiny_lm (baseline)"}
+    assert set(summary) == {"train_models.py:tiny_lm", "train_models.py:tiny_lm (baseline)"}
     assert all(0 < s["val_bpb"] < 9 for s in summary.values())
     resolved = (out / "config.yaml").read_text()
     assert "seq_len: 96" in resolved and "dim: 16" in resolved
@@ -102,7 +102,7 @@ def test_train_report_eval_generate_bench_info(tmp_path, corpus, capsys):
     lines = [line for line in stdout.splitlines() if "tiny_lm" in line]
     assert len(lines) == 2 and "val_bpb" in stdout and "needle@192" in stdout
     rows = json.loads((tmp_path / "m.json").read_text())
-    assert rows[0]["val_bpb"] == pytest.approx(summary["test_train_models.py:tiny_lm"]["val_bpb"], rel=1e-6)
+    assert rows[0]["val_bpb"] == pytest.approx(summary["train_models.py:tiny_lm"]["val_bpb"], rel=1e-6)
     assert (tmp_path / "h.png").exists()
     code, stdout, _ = run(
         ["generate", str(out), "--prompt", "def ", "--max-new-tokens", "8", "--temperature", "0"], capsys

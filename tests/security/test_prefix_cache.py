@@ -1,8 +1,8 @@
 """Prefix cache: LRU eviction with trie pruning, prefix states that continue like uncached ones, exact-only reuse."""
 
 import torch
-from serving_cases import tiny_backend
 
+from tests.helpers.serving_cases import tiny_backend
 from ttmem.security.prefix_cache import PrefixCache
 
 

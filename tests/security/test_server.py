@@ -7,8 +7,8 @@ import socket
 import time
 
 import pytest
-from serving_cases import VOCAB, greedy, tiny_backend
 
+from tests.helpers.serving_cases import VOCAB, greedy, tiny_backend
 from ttmem.security.client import post_json
 from ttmem.security.server import serve
 from ttmem.security.serving import ServingEngine

@@ -3,8 +3,8 @@
 import threading
 
 import pytest
-from serving_cases import greedy, tiny_backend
 
+from tests.helpers.serving_cases import greedy, tiny_backend
 from ttmem.security.serving import ServingEngine
 
 
