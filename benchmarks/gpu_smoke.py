@@ -8,9 +8,9 @@ Checks, each printed as one line (``ok`` or ``FAIL`` with the error found):
 * ``memorize``: for every rule preset, the chunked engine (``impl="chunked"``) against the token-by-token
   reference (``impl="reference"``) in float64 on the device: outputs, final weights and the gradients with respect
   to q, k, v, every gate and learned initial weights, at a length that is not a multiple of the chunk and with an
-  incoming state that ends mid-chunk. Relative error at most 1e-8, as in ``tests/test_memory_equivalence.py``.
+  incoming state that ends mid-chunk. Relative error at most 1e-8, as in ``tests/memory/test_equivalence.py``.
 * decode: for every architecture, a small model on the device reads a prompt and then decodes token by token;
-  the logits equal one full forward within 1e-4 (float32, TF32 off), as in ``tests/test_models.py``.
+  the logits equal one full forward within 1e-4 (float32, TF32 off), as in ``tests/models/test_language_model.py``.
 * device agreement (CUDA only): each of those models' full-forward logits on the device equal the same model's
   logits on the CPU within 1e-4.
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from fault_tools import ENV, FileSystemFault, assert_one_line, launch, tiny_train
 
+from tests.helpers.fault_tools import ENV, FileSystemFault, assert_one_line, launch, tiny_train
 from ttmem.cli import main
 from ttmem.fileio import read_manifest
 from ttmem.train import checkpoint as ckpt

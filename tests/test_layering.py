@@ -22,8 +22,8 @@ LAYERS: list[set[str]] = [
     {"data"},
     {"train"},
     {"eval"},
-    {"hf", "security"},
-    {"cli", "demo"},
+    {"hf", "security", "demo"},
+    {"cli"},
     {"__main__"},
 ]
 LEVEL = {package: i for i, layer in enumerate(LAYERS) for package in layer}

@@ -24,7 +24,7 @@ import numpy as np
 from _common import parser, setup, table
 
 from ttmem.security.attack import promptpeek, summarize_attacks
-from ttmem.security.server import SubprocessServer, post_json
+from ttmem.security.client import SubprocessServer, post_json
 
 
 def attack_server(name: str, mode: str, args) -> tuple:

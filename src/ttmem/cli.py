@@ -1,4 +1,5 @@
-"""The `ttmem` command: train, eval, generate, bench, info, export. Only parses arguments and calls the library.
+"""The `ttmem` command: train, eval, generate, bench, info, export, audit, serve, demo. The project's one
+command-line entry (`python -m ttmem` runs it too); it only parses arguments and calls the library.
 
 One error boundary (`main` -> `_failure`) turns every expected failure into one line on stderr that
 says what to do: user errors (bad names, paths, config keys, checkpoints, a diverged run) exit 2; the
@@ -21,13 +22,29 @@ import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NoReturn
 
 USAGE_ERROR = 2
 ENVIRONMENT_ERROR = 1
 
 
+class _ArgumentsError(ValueError):
+    """A command line argparse rejects; `prog` is the (sub)command it belongs to."""
+
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors reach the error boundary (one line, exit 2) instead of printing the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ArgumentsError(self.prog, f"{message} (see '{self.prog} --help')")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ttmem", description="Test-time memory models: train, evaluate, use."
     )
     sub = parser.add_subparsers(dest="command", required=True)
@@ -87,11 +104,44 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", metavar="RUN_DIR", help="run folder, checkpoint or save_model directory")
     export.add_argument("out_dir", metavar="OUT_DIR", help="directory to write (empty, new, or an earlier export)")
 
-    audit = sub.add_parser("audit", help="security instruments: `ttmem audit timing MODEL` (see --help there)",
-                           add_help=False)
-    audit.add_argument("instrument", choices=["timing"])
-    audit.add_argument("rest", nargs=argparse.REMAINDER)
+    _add_security_commands(sub)
+    _add_demo_command(sub)
     return parser
+
+
+def _add_security_commands(sub: argparse._SubParsersAction) -> None:
+    """`ttmem audit timing MODEL` and `ttmem serve` (ttmem.security)."""
+    audit = sub.add_parser("audit", help="timing-safety audits of a model (`ttmem audit timing MODEL`)")
+    instruments = audit.add_subparsers(dest="instrument", required=True)
+    timing = instruments.add_parser(
+        "timing", help="does decode time depend on content, context length or prefix-cache reuse?"
+    )
+    timing.add_argument("model", help="model preset name, or tiny-attention[:V] / tiny-theta[:V]")
+    timing.add_argument("--trials", type=int, default=200)
+    timing.add_argument("--warmup", type=int, default=10)
+    timing.add_argument("--length", type=int, default=64, help="prefix length for the content classes")
+    timing.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 256, 1024])
+    timing.add_argument("--permutations", type=int, default=1000)
+    timing.add_argument("--seed", type=int, default=0)
+    timing.add_argument("--device", default="cpu")
+    timing.add_argument("--threads", type=int, default=1, help="torch intra-op threads while timing")
+    timing.add_argument("--json", dest="json_path", default="", help="also write the report as JSON here")
+
+    serve = sub.add_parser(
+        "serve", help="loopback serving engine for timing-safety experiments; prints PORT N once listening"
+    )
+    serve.add_argument("--backend", default="tiny-attention", help="tiny-attention[:V], tiny-theta[:V] or a preset")
+    serve.add_argument("--mode", default="shared", help="shared (one prefix cache) or isolated (a state per user)")
+    serve.add_argument("--port", type=int, default=0, help="on 127.0.0.1; 0 picks a free one")
+    serve.add_argument("--max-new-tokens", type=int, default=256, help="largest answer a request may ask for")
+    serve.add_argument("--lifetime-s", type=float, default=3600.0, help="stop after this long (or SIGTERM / SIGINT)")
+    serve.add_argument("--threads", type=int, default=1, help="torch compute threads")
+
+
+def _add_demo_command(sub: argparse._SubParsersAction) -> None:
+    """`ttmem demo` (ttmem.demo)."""
+    demo = sub.add_parser("demo", help="recall of key-value pairs written once into each memory rule (no training)")
+    demo.add_argument("--dim", type=int, default=64, help="memory width")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -232,9 +282,46 @@ def _cmd_info(_: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from ttmem.security.audit import main as audit_timing
+    _at_least(1, threads=args.threads)
+    import torch
 
-    return audit_timing(args.rest)
+    from ttmem.security.audit import format_report, run_timing_audit
+
+    torch.set_num_threads(args.threads)
+    report = run_timing_audit(
+        args.model, args.trials, args.warmup, args.length, args.lengths, args.permutations, args.seed, args.device
+    )
+    print(format_report(report))
+    if args.json_path:
+        report.write_json(args.json_path)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    _at_least(1, threads=args.threads)
+    import torch
+
+    from ttmem.security.backends import build_backend
+    from ttmem.security.server import serve_until_stopped
+    from ttmem.security.serving import ServingEngine
+
+    engine = ServingEngine(build_backend(args.backend), mode=args.mode, max_new_tokens=args.max_new_tokens)
+
+    def listening(port: int) -> None:
+        torch.set_num_threads(args.threads)
+        sys.setswitchinterval(1e-4)  # let handler threads answer promptly while the worker holds the GIL
+        print(f"PORT {port}", flush=True)
+
+    serve_until_stopped(engine, args.port, args.lifetime_s, listening)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from ttmem.demo import recall_table
+
+    for line in recall_table(args.dim):
+        print(line, flush=True)
+    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -256,6 +343,8 @@ COMMANDS = {
     "info": _cmd_info,
     "audit": _cmd_audit,
     "export": _cmd_export,
+    "serve": _cmd_serve,
+    "demo": _cmd_demo,
 }
 
 
@@ -365,6 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     except (Exception, KeyboardInterrupt) as err:
         if os.environ.get("TTMEM_DEBUG"):
             raise
+        prefix = err.prog if isinstance(err, _ArgumentsError) else prefix
         status = _failure(prefix, KeyboardInterrupt() if _Interrupts.count else err)
         if status is None:
             raise

@@ -6,13 +6,13 @@ how they fail past the memory's width: the delta rule with step 1 overwrites, so
 exactly and loses the oldest; Hebbian linear attention superposes every pair and degrades through interference;
 the Titans MLP memory takes a few passes of chunked mini-batch GD with momentum.
 
-Run: ``python -m ttmem.demo`` (seconds on a CPU).
+Run: ``ttmem demo`` (seconds on a CPU).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,7 @@ SETTINGS = {  # rule: (step size, chunk size, passes over the pairs)
     "linear_attention": (1.0, 64, 1),
     "titans": (0.5, 16, 4),
 }
+SIZES = (16, 32, 64, 128, 256)  # numbers of pairs written
 
 
 def recall(rule: str, pairs: int, dim: int, seed: int = 0) -> float:
@@ -43,18 +44,13 @@ def recall(rule: str, pairs: int, dim: int, seed: int = 0) -> float:
     return float((nearest == torch.arange(pairs)).float().mean())
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dim", type=int, default=64)
-    args = parser.parse_args(argv)
-    sizes = [16, 32, 64, 128, 256]
-    print(f"recall of N key-value pairs written once into a memory of width {args.dim} (no training)")
-    print(f"{'rule':<18}" + "".join(f"N={n:<7}" for n in sizes) + "seconds")
+def recall_table(dim: int = 64, sizes: Sequence[int] = SIZES) -> Iterator[str]:
+    """The demo's table line by line, each rule's line as soon as it is measured (with its seconds)."""
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be an int >= 1, got {dim!r}")
+    yield f"recall of N key-value pairs written once into a memory of width {dim} (no training)"
+    yield f"{'rule':<18}" + "".join(f"N={n:<7}" for n in sizes) + "seconds"
     for rule in SETTINGS:
         start = time.perf_counter()
-        row = [recall(rule, n, args.dim) for n in sizes]
-        print(f"{rule:<18}" + "".join(f"{r:<9.2f}" for r in row) + f"{time.perf_counter() - start:.1f}")
-
-
-if __name__ == "__main__":
-    main()
+        row = [recall(rule, n, dim) for n in sizes]
+        yield f"{rule:<18}" + "".join(f"{r:<9.2f}" for r in row) + f"{time.perf_counter() - start:.1f}"

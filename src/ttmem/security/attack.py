@@ -1,4 +1,4 @@
-"""PROMPTPEEK-style prompt recovery (Wu et al., NDSS 2025) against a ``server.ServingEngine`` over HTTP.
+"""PROMPTPEEK-style prompt recovery (Wu et al., NDSS 2025) against a ``serving.ServingEngine`` over HTTP.
 
 Threat model: the attacker shares the server with a victim, knows the victim's prompt template and,
 for every secret position, a short list of candidate tokens. It recovers the secret token by token:

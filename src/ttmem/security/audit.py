@@ -10,21 +10,19 @@
   cached ("repeated") and for a fresh prompt of the same length ("novel"). This is what a shared
   cache leaks whatever the model; a server without cross-user sharing never runs this path.
 
-``main(argv)`` is the command-line entry (``ttmem audit timing MODEL``): it prints the report and can
-write it as JSON.
+``format_report`` prints it as tables and ``AuditReport.write_json`` saves it; ``ttmem audit timing MODEL``
+does both from the command line.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from ttmem.security import stats
@@ -63,6 +61,10 @@ class AuditReport:
         for family in ("content", "length", "prefix_reuse"):
             out[family].pop("samples")
         return out
+
+    def write_json(self, path: str | Path) -> None:
+        """``to_dict()`` as JSON; values JSON has no type for (numpy integers) as text."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, default=str))
 
 
 def _analyse(samples: dict, permutations: int, seed: int) -> ClassFamily:
@@ -171,37 +173,3 @@ def format_report(report: AuditReport) -> str:
                 f"time at longest / shortest = {1 + growth:.2f}x"
             )
     return "\n".join(lines)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``ttmem audit timing MODEL`` entry point."""
-    parser = argparse.ArgumentParser(prog="ttmem audit timing", description="Timing audit of a model's decode step.")
-    parser.add_argument("model", help="model preset name, or tiny-attention / tiny-theta")
-    parser.add_argument("--trials", type=int, default=200)
-    parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--length", type=int, default=64, help="prefix length for the content classes")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 256, 1024])
-    parser.add_argument("--permutations", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads while timing")
-    parser.add_argument("--json", dest="json_path", help="also write the report as JSON here")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    report = run_timing_audit(
-        args.model, args.trials, args.warmup, args.length, args.lengths, args.permutations, args.seed, args.device
-    )
-    print(format_report(report))
-    if args.json_path:
-        with open(args.json_path, "w") as fh:
-            json.dump(
-                report.to_dict(),
-                fh,
-                indent=2,
-                default=lambda x: None if isinstance(x, float) and math.isnan(x) else str(x),
-            )
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -16,8 +16,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from layer_cases import assert_same_outputs_and_gradients, rel_err, run_in_calls
 
+from tests.helpers.layer_cases import assert_same_outputs_and_gradients, rel_err, run_in_calls
 from ttmem.layers.continuum import ContinuumLevel
 
 TOL = 1e-10

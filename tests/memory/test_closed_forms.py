@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from memory_cases import make_inputs
 
+from tests.helpers.memory_cases import make_inputs
 from ttmem.memory import MemoryArchitecture, MemoryRule, Objective, get_rule, initial_state, memorize
 
 IMPLS = ("chunked", "reference")

@@ -34,29 +34,13 @@ def test_prefix_reuse_is_visible_in_timing():
     assert np.median(samples["novel"]) > 2 * np.median(samples["repeated"])
 
 
-def test_main_writes_json(tmp_path, capsys):
-    out = tmp_path / "report.json"
-    code = audit.main(
-        [
-            "tiny-theta:8",
-            "--trials",
-            "5",
-            "--warmup",
-            "1",
-            "--length",
-            "4",
-            "--lengths",
-            "4",
-            "8",
-            "--permutations",
-            "10",
-            "--json",
-            str(out),
-        ]
-    )
-    assert code == 0 and "timing audit" in capsys.readouterr().out
-    data = json.loads(out.read_text())
+def test_report_written_as_json_reads_back(tmp_path):
+    report = audit.run_timing_audit(_backend("theta"), trials=5, warmup=1, length=4, lengths=(4, 8), permutations=10)
+    report.write_json(tmp_path / "report.json")
+    data = json.loads((tmp_path / "report.json").read_text())
     assert data["trials"] == 5 and set(data["length"]["flops"]) == {"4", "8"}
+    assert data["length"]["flops"]["4"] == report.length.flops[4] > 0
+    assert "samples" not in data["content"]
 
 
 def test_bad_model_type():

@@ -15,12 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers.train_models import tiny_lm
 from ttmem.train import Trainer, TrainingDiverged, read_log, resolve_config
 from ttmem.train import checkpoint as ckpt
 from ttmem.train.optim import warmup_cosine
 
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = str(ROOT / "tests" / "test_train_models.py")
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = str(ROOT / "tests" / "helpers" / "train_models.py")
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
 
 
@@ -392,3 +393,14 @@ def test_more_processes_than_gpus_is_one_clear_error(monkeypatch):
     with pytest.raises(ValueError, match="device.*no GPU of its own.*device=cpu"):
         pick_device("auto", DistEnv(rank=1, world=2, local_rank=1))
     assert pick_device("cpu", DistEnv(rank=1, world=2, local_rank=1)) == torch.device("cpu")
+
+
+def test_tiny_lm_is_causal():
+    """Changing a later token never changes earlier logits (what next-token training relies on)."""
+    torch.manual_seed(0)
+    model = tiny_lm().eval()
+    ids = torch.randint(0, 256, (2, 12))
+    changed = ids.clone()
+    changed[:, 7:] = (changed[:, 7:] + 1) % 256
+    assert torch.allclose(model(ids)[:, :7], model(changed)[:, :7], atol=1e-6)
+    assert not torch.allclose(model(ids)[:, 7:], model(changed)[:, 7:])

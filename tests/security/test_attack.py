@@ -9,9 +9,12 @@ import torch
 
 from ttmem.security.attack import AttackResult, promptpeek, summarize_attacks
 from ttmem.security.backends import TinyLM, TinyLMBackend
-from ttmem.security.server import ServingEngine, post_json, serve
+from ttmem.security.client import post_json
+from ttmem.security.server import serve
+from ttmem.security.serving import ServingEngine
 
 VOCAB = 16
+LIFETIME_S = 120.0  # every server here stops by itself after this long
 
 
 @pytest.fixture(autouse=True)
@@ -29,7 +32,7 @@ def _attack(mixer: str, mode: str, victims: int = 3, secret_len: int = 4, **atta
     backend = TinyLMBackend(TinyLM(vocab_size=VOCAB, dim=32, depth=2, heads=4, mixer=mixer))
     rng = random.Random(0)
     results = []
-    with serve(ServingEngine(backend, mode=mode, max_new_tokens=1024)) as srv:
+    with serve(ServingEngine(backend, mode=mode, max_new_tokens=1024), lifetime_s=LIFETIME_S) as srv:
         for v in range(victims):
             template = [rng.randrange(VOCAB) for _ in range(10)]
             secret = [rng.randrange(VOCAB) for _ in range(secret_len)]
@@ -82,7 +85,7 @@ def test_rounds_with_a_blocker_that_ended_early_are_flagged(blocker_new_tokens, 
     # A 1-token blocker (about 4 ms) is answered long before candidates sent after 100 ms; a 100-token
     # blocker (at least 200 ms) is still running when candidates are sent after 20 ms.
     backend = _SlowBackend(TinyLM(vocab_size=VOCAB, dim=16, depth=1, heads=2, mixer="attention"))
-    with serve(ServingEngine(backend, mode="shared", max_new_tokens=128)) as srv:
+    with serve(ServingEngine(backend, mode="shared", max_new_tokens=128), lifetime_s=LIFETIME_S) as srv:
         result = promptpeek(
             srv.host,
             srv.port,

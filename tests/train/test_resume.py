@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from fault_tools import launch, tiny_train
 
+from tests.helpers.fault_tools import launch, tiny_train
 from ttmem.cli import main
 from ttmem.train import checkpoint as ckpt
 from ttmem.train import read_log

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from fault_tools import tiny_train
 
+from tests.helpers.fault_tools import tiny_train
 from ttmem.cli import main
 from ttmem.data import get_tokenizer, load_corpus
 from ttmem.eval.generation import sample

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from memory_cases import learned_initial_weights, make_inputs, start_state
 
+from tests.helpers.memory_cases import learned_initial_weights, make_inputs, start_state
 from ttmem.memory import RULES, MemoryArchitecture, memorize
 
 TOL = 1e-8

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from test_cli import run as run_cli
+
+from tests.test_cli import run as run_cli
 
 pytest.importorskip("transformers", reason="the Hugging Face integration needs the extra: pip install 'ttmem[hf]'")
 
@@ -36,7 +37,7 @@ from ttmem.hf.modeling import CACHE_FIELD  # noqa: E402
 from ttmem.models import ARCHITECTURES, ModelConfig, build_model, save_model  # noqa: E402
 from ttmem.train import Trainer, resolve_config  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 OFFLINE = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
 

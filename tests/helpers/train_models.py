@@ -1,6 +1,6 @@
 """Small stand-alone language models used by the training, evaluation and CLI tests.
 
-They are built from the spec "tests/test_train_models.py:FACTORY", the way a user plugs in a model of
+They are built from the spec "tests/helpers/train_models.py:FACTORY", the way a user plugs in a model of
 their own, so the trainer is exercised with modules that are not ttmem.models.
 """
 
@@ -57,14 +57,3 @@ def tiny_lm(vocab_size: int = 256, dim: int = 32, dropout: float = 0.0) -> TinyC
 
 def nan_lm(vocab_size: int = 256, nan_after: int = 3) -> NaNAfter:
     return NaNAfter(vocab_size, nan_after)
-
-
-def test_tiny_lm_is_causal():
-    """Changing a later token never changes earlier logits (what next-token training relies on)."""
-    torch.manual_seed(0)
-    model = tiny_lm().eval()
-    ids = torch.randint(0, 256, (2, 12))
-    changed = ids.clone()
-    changed[:, 7:] = (changed[:, 7:] + 1) % 256
-    assert torch.allclose(model(ids)[:, :7], model(changed)[:, :7], atol=1e-6)
-    assert not torch.allclose(model(ids)[:, 7:], model(changed)[:, 7:])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "recall_ordering.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "recall_ordering.py"
 
 
 def load_benchmark():

@@ -10,9 +10,9 @@ import math
 
 import pytest
 import torch
-from memory_cases import learned_initial_weights, make_inputs, start_state
-from paper_recurrences import gated_delta_rule_kv, paper_recurrence
 
+from tests.helpers.memory_cases import learned_initial_weights, make_inputs, start_state
+from tests.helpers.paper_recurrences import gated_delta_rule_kv, paper_recurrence
 from ttmem.memory import RULES, get_rule, memorize
 
 TOL = 1e-10

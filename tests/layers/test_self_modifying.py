@@ -18,8 +18,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from layer_cases import assert_same_outputs_and_gradients, rel_err, run_in_calls
 
+from tests.helpers.layer_cases import assert_same_outputs_and_gradients, rel_err, run_in_calls
 from ttmem.layers.self_modifying import SelfModifyingMemory
 from ttmem.memory import initial_state, memorize
 

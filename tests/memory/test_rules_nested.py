@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from memory_cases import make_inputs
 
+from tests.helpers.memory_cases import make_inputs
 from ttmem.memory import MemoryArchitecture, Objective, get_rule, initial_state, memorize
 from ttmem.memory.coefficients import chunk_coefficients, last_row_products
 

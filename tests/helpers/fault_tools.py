@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-MODELS = str(ROOT / "tests" / "test_train_models.py")
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = str(ROOT / "tests" / "helpers" / "train_models.py")
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1"}
 
 # Runs `ttmem.cli.main(ARGS)`; with TTMEM_TEST_SLOW_SAVE="SECONDS,SKIP" every checkpoint write after the
