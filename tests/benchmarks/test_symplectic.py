@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "symplectic"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks" / "symplectic"))
 
 import regress  # noqa: E402
 import run as bench  # noqa: E402
