@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 setup: $(BIN)/.installed
 
 # The main job: Titans LMM (matrix memory) vs a same-size sliding-window Transformer, language modelling and
-# recall past the window, report in runs/ttmem (about 10 minutes
+# recall past the window, report in runs/ttmem (about 5 minutes
 # on 2 CPU cores). --resume makes a second `make demo` reuse the finished runs and only rewrite the report.
 demo: setup
 	$(BIN)/ttmem train --resume

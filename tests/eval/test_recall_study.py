@@ -104,16 +104,20 @@ def test_main_job_reports_recall_and_reuses_it(tmp_path: Path, capsys):
     assert (out / "recall.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["recall_study"]["rows"]
-    assert [r["model"] for r in rows] == ["lmm-tiny", "swa_transformer-tiny"]
+    assert [r["model"] for r in rows] == ["lmm-tiny", "swa_transformer-tiny", "deltanet-tiny"]
     assert all({"past window 1x", "past window 2x", "within window 1x"} <= set(r) for r in rows)
     assert summary["recall_study"]["chance"] == pytest.approx(1 / 16) and summary["recall_study"]["reach"] == 16
     stored = {p.name: p.read_text() for p in (out / "recall").iterdir()}
-    assert len(stored) == 2 and all(np.isfinite(json.loads(t)["final_loss"]) for t in stored.values())
+    assert len(stored) == 3 and all(np.isfinite(json.loads(t)["final_loss"]) for t in stored.values())
     assert main([*argv, "--resume"]) == 0
     assert {p.name: p.read_text() for p in (out / "recall").iterdir()} == stored  # reused, not retrained
     code = main([*argv[:-1], "recall_args.bogus=1"])
     err = capsys.readouterr().err
     assert code != 0 and "recall_args.bogus" in err and "Traceback" not in err
+    code = main([*argv, "out_dir=" + str(tmp_path / "other"), "recall_reference=nope-tiny"])
+    err = capsys.readouterr().err
+    assert code != 0 and "recall_reference" in err and "Traceback" not in err
+    assert not (tmp_path / "other" / "checkpoints").exists()  # refused before training
 
 
 def test_studies_side_by_side_equal_studies_one_after_another(tmp_path):

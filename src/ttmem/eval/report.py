@@ -129,6 +129,8 @@ def recall_study(config: TrainConfig, progress: bool = False) -> tuple[dict[str,
         label = run_label(config.baseline)
         models[label if label not in models else f"{label} (baseline)"] = (
             config.baseline, baseline_config(config).model_args)
+    if config.recall_reference not in ("", "none") and run_label(config.recall_reference) not in models:
+        models[run_label(config.recall_reference)] = (config.recall_reference, {})
     not_presets = [spec for spec, _ in models.values() if ":" in spec or spec not in MODEL_PRESETS]
     if not_presets:
         return {}, f"the recall study rebuilds preset models; {not_presets[0]} is not a preset"
@@ -146,7 +148,7 @@ def _recall_section(recall: dict[str, dict[str, Any]], skipped: str) -> list[str
     return [
         "## Recall past the window",
         "",
-        f"Both models rebuilt at dim {study['dim']}, depth {study['depth']}, {study['heads']} heads, window "
+        f"Every model rebuilt at dim {study['dim']}, depth {study['depth']}, {study['heads']} heads, window "
         f"{study['window']} (the window stack sees {first['reach']} tokens back), with equal parameter counts, "
         f"trained from seed {study['seed']} on the same MQAR batches ({study['num_kv_pairs']} key-value pairs, "
         f"vocabulary {study['vocab_size']}, length {study['seq_len']}; {study['steps']} AdamW steps of "
@@ -247,7 +249,11 @@ def run_main_job(
 
 
 def _check_recall_args(config: TrainConfig) -> None:
-    """The recall study's overrides name its fields and build a valid study (checked before training)."""
+    """The recall study's overrides name its fields and build a valid study, and its reference model is a preset
+    (checked before training)."""
+    if config.recall and config.recall_reference not in ("", "none") and config.recall_reference not in MODEL_PRESETS:
+        raise ValueError(f"config key 'recall_reference' must be a model preset or none, got "
+                         f"'{config.recall_reference}'")
     if not config.recall_args:
         return
     known = {f.name for f in dataclasses.fields(RecallStudy)}

@@ -69,7 +69,7 @@ class TrainConfig:
     weight_decay: float = 0.1
     betas: tuple = (0.9, 0.95)
     warmup_steps: int = 20
-    steps: int = 180  # sized so that `ttmem train` with no arguments takes about 10 minutes on 2 CPU cores
+    steps: int = 180  # with the recall study, `ttmem train` with no arguments takes about 8 minutes on 2 CPU cores
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     precision: str = "auto"  # "auto" (bf16 where supported on GPU), "bf16", "fp32"
@@ -92,6 +92,7 @@ class TrainConfig:
     eval_samples: int = 4  # needle examples per (length, depth) cell
     recall: bool = True  # the report's recall study: both models rebuilt small and trained on MQAR
     recall_args: dict = field(default_factory=dict)  # RecallStudy overrides, e.g. recall_args.steps=200
+    recall_reference: str = "deltanet-tiny"  # a third model in the recall study only (a preset); "none" = off
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
