@@ -275,6 +275,6 @@ def recall_rows(results: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]
             "model": name, "params": result["parameters"], "steps": result["study"]["steps"],
             **{f"past window {k}": s["beyond"] for k, s in scores.items()},
             "within window 1x": scores["1x"]["near"],
-            "train s": round(result["train_seconds"], 1),
+            "train s": int(round(result["train_seconds"])),
         })
     return rows

@@ -221,7 +221,9 @@ def write_report(config: TrainConfig, runs: dict[str, TrainResult], progress: bo
         "",
         *[f"![{p}]({p})" for p in plots],
         "",
-        "Reproduce: `ttmem train` with the resolved config in `config.yaml`.",
+        "Reproduce: `ttmem train` with the resolved config in `config.yaml` (a second run reuses the finished runs "
+        "and the recall study in `recall/`); the recall study alone, over seeds: "
+        "`python benchmarks/main_job_recall.py --models SPEC --seeds 0,1,2`.",
         "",
     ]
     (out_dir / "report.md").write_text("\n".join(lines))
