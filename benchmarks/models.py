@@ -35,6 +35,7 @@ import torch
 
 from ttmem.layers.attention import KVCache
 from ttmem.models import ARCHITECTURES, ModelState, build_model, count_parameters
+from ttmem.models.presets import VARIANTS
 
 DEFAULT_CONTEXTS = (1024, 4096, 16384, 65536)
 
@@ -203,7 +204,8 @@ def decode_table(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
+    parser.add_argument("--archs", nargs="+", default=list(ARCHITECTURES), choices=[*ARCHITECTURES, *VARIANTS],
+                        help="architectures, or named variants such as lmm_linear (the main job's model)")
     parser.add_argument("--size", default="tiny")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seqs", type=int, nargs="+", default=[256, 1024], help="training sequence lengths")
