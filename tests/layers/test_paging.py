@@ -15,7 +15,8 @@ from ttmem.layers.paging import SymplecticPaging, angle_bucket, route_pages
 from ttmem.memory import get_rule, initial_state, run_memory
 
 ALL_ON = dict(use_symplectic_gating=True, num_pages=2, symplectic_page_threshold=0.05, kinetics_coupling=True,
-              kinetics_mix=0.5, page_switch_budget=1, page_switch_window=2, page_routing="hierarchical", coarse_pages=1, fine_pages=2, hierarchy_mix=0.5,
+              kinetics_mix=0.5, page_switch_budget=1, page_switch_window=2, page_routing="hierarchical",
+              coarse_pages=1, fine_pages=2, hierarchy_mix=0.5,
               complexity=dict(phase_mix=0.5, phase_pairs=2, quorum_mix=0.5, quorum_window=3,
                               quorum_threshold=0.05, budget_topk_ratio=0.5, budget_window=4))
 
@@ -208,8 +209,8 @@ def test_switch_budget_caps_changes_per_window_like_a_reference_loop(budget, win
     for b in range(boundaries):  # one chunk per call: the history must travel in the state
         seg = slice(b * chunk, (b + 1) * chunk)
         _, carry = paging(x[:, seg], {"lr": torch.rand(3, 3, chunk, dtype=torch.float64),
-                                      "forget": torch.rand(3, 3, chunk, dtype=torch.float64)},
-                          replace(state, **carry) if b else state)
+                                      "forget": torch.rand(3, 3, chunk, dtype=torch.float64)}, state)
+        state = replace(state, **carry)
         pages.append(carry["active_page"].tolist())
         assert carry["switch_history"].shape == (3, window - 1)
     assert [list(p) for p in zip(*pages)] == expected

@@ -137,7 +137,8 @@ class SymplecticPaging(nn.Module):
                 raise ValueError(f"coarse_pages × fine_pages must equal num_pages: {coarse_pages} × {fine_pages} "
                                  f"!= {num_pages}")
         if page_switch_budget is not None:
-            if isinstance(page_switch_budget, bool) or not isinstance(page_switch_budget, int) or page_switch_budget < 0:
+            budget = page_switch_budget
+            if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
                 raise ValueError(f"page_switch_budget must be an integer >= 0 or None, got {page_switch_budget!r}")
             if num_pages < 2:
                 raise ValueError("page_switch_budget caps page changes; it needs num_pages > 1")
