@@ -12,6 +12,9 @@ Protocols (``common.py`` has the data, the model and the training loop):
 - ``variants``: gate variants (hard / soft / diagonal / top-k / adaptive top-k / phase / quorum budget /
   codebook / hierarchical and manifold routing / kinetics) on spiral and helix.
 - ``kinetics``: kinetics mix 0 .. 1 on the phase-quorum paged memory.
+- ``budget``: the switch budget (at most K page changes per sample in any ``--switch-window`` chunk boundaries,
+  a hard causal cap) swept over ``--budgets`` on 4 manifold-keyed pages with the quorum-budget gate; loss,
+  switch rate and refused-switch rate against K, beside the unconstrained model and 4 plain heads.
 
 Every protocol runs each variant on every seed (``--seeds``) with a fresh model per phase, writes JSON (tag,
 device, config, metrics as mean / min / max / values over seeds, and the checks ``regress.py`` applies),
@@ -270,8 +273,50 @@ def protocol_kinetics(setup: Setup) -> tuple[dict, list, list[str]]:
     return protocol_variants(setup, variants)
 
 
+def budget_variants(dim: int, budgets: list[int], window: int) -> dict[str, Variant]:
+    """4 manifold-keyed pages, raw threshold 0.1, quorum-budget gate; unconstrained, then each budget K."""
+    gate = dict(PHASE_QUORUM, phase_pairs=phase_pairs(dim), quorum_mix=0.75, budget_topk_ratio=0.2)
+    base = dict(use_symplectic_gating=True, num_pages=4, symplectic_page_threshold=0.1, page_routing="manifold",
+                complexity=gate)
+    variants = {"unconstrained": Variant(1, base, "no cap")}
+    for k in budgets:
+        variants[f"budget_{k}"] = Variant(1, dict(base, page_switch_budget=k, page_switch_window=window),
+                                          f"at most {k} page changes per {window} boundaries")
+    variants["same_heads_4"] = Variant(4, None, "4 plain heads: the paged models' head count, no routing")
+    return variants
+
+
+def protocol_budget(setup: Setup) -> tuple[dict, list, list[str]]:
+    variants = budget_variants(setup.dim, setup.extra["budgets"], setup.extra["switch_window"])
+    boundaries = setup.steps * setup.batch * (setup.seq_len // setup.chunk)
+    metrics = {}
+    for name, variant in variants.items():
+        runs = []
+        for seed in setup.seeds:
+            run: dict[str, Any] = {}
+            for task in TASKS:
+                model = build(variant, setup, seed)
+                data = TASKS[task](setup.batch, setup.seq_len, setup.dim, torch.Generator().manual_seed(1000 + seed))
+                optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+                losses, ms = train_steps(model, optimizer, lambda _, data=data: data, setup.steps)
+                paging = model.memory.symplectic
+                blocked = int(getattr(paging, "page_switches_blocked", 0)) if paging is not None else 0
+                run[task] = {"final_loss": tail(losses), "step_ms": ms, "switch_rate": model.switches() / boundaries,
+                             "blocked_rate": blocked / boundaries}
+            runs.append(run)
+        metrics[name] = collect(runs)
+        print(f"  {name}: done", file=sys.stderr)
+    checks = [{"path": f"{n}.{t}.final_loss", "kind": "loss"} for n in metrics for t in TASKS]
+    rows = [[n, fmt(c["spiral"]["final_loss"]), fmt(c["helix_drift"]["final_loss"]),
+             fmt(c["spiral"]["switch_rate"], 3), fmt(c["helix_drift"]["switch_rate"], 3),
+             fmt(c["spiral"]["blocked_rate"], 3), fmt(c["spiral"]["step_ms"], 3)] for n, c in metrics.items()]
+    return metrics, checks, markdown_table(["variant", "spiral", "helix+drift", "switch rate spiral",
+                                            "switch rate helix", "refused rate spiral", "step ms"], rows)
+
+
 PROTOCOLS = {"symplectic": protocol_symplectic, "interference": protocol_interference,
-             "threshold": protocol_threshold, "variants": protocol_variants, "kinetics": protocol_kinetics}
+             "threshold": protocol_threshold, "variants": protocol_variants, "kinetics": protocol_kinetics,
+             "budget": protocol_budget}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -286,6 +331,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--long-len", type=int, default=192, help="long-horizon sequence length (symplectic)")
     p.add_argument("--long-steps", default="20,10,10", help="long-horizon warm-up, perturb, recovery steps")
     p.add_argument("--dims", default="16,64", help="widths of the threshold sweep")
+    p.add_argument("--budgets", default="4,2,1,0", help="switch budgets K of the budget sweep")
+    p.add_argument("--switch-window", type=int, default=8, help="chunk boundaries per switch budget window")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default="local")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/symplectic_PROTOCOL.json)")
@@ -301,6 +348,8 @@ def main(argv: list[str] | None = None) -> dict:
         extra = {"long_len": args.long_len, "long_steps": [int(s) for s in args.long_steps.split(",")]}
     if args.protocol == "threshold":
         extra = {"dims": [int(d) for d in args.dims.split(",")]}
+    if args.protocol == "budget":
+        extra = {"budgets": [int(k) for k in args.budgets.split(",")], "switch_window": args.switch_window}
     setup = Setup(args.dim, args.seq_len, args.batch, args.chunk, args.steps,
                   tuple(int(s) for s in args.seeds.split(",")), extra)
     metrics, checks, table = PROTOCOLS[args.protocol](setup)

@@ -48,3 +48,17 @@ def test_the_lm_comparison_runs_its_arms_and_rejects_unknown_ones(tmp_path, caps
     with pytest.raises(SystemExit):
         lm.main(["mac", "--arms", "nosuch", *common])
     assert "unknown arm(s) nosuch" in capsys.readouterr().err
+
+
+def test_the_budget_sweep_never_exceeds_its_cap(tmp_path, capsys):
+    out = tmp_path / "budget.json"
+    bench.main(["budget", "--dim", "16", "--seq-len", "16", "--chunk", "4", "--batch", "2", "--steps", "2",
+                "--seeds", "0", "--budgets", "1,0", "--switch-window", "8", "--out", str(out)])
+    metrics = json.loads(out.read_text())["metrics"]
+    assert set(metrics) == {"unconstrained", "budget_1", "budget_0", "same_heads_4"}
+    for task in ("spiral", "helix_drift"):
+        rate = lambda name, key="switch_rate": metrics[name][task][key]["mean"]  # noqa: E731
+        # no state is carried between steps, so each sequence (4 boundaries) lies inside one 8-boundary window
+        assert rate("budget_1") <= 1 / 4 and rate("budget_0") == 0
+        assert rate("unconstrained", "blocked_rate") == 0
+    assert "| budget_0 |" in capsys.readouterr().out
