@@ -12,6 +12,9 @@ Protocols (``common.py`` has the data, the model and the training loop):
 - ``variants``: gate variants (hard / soft / diagonal / top-k / adaptive top-k / phase / quorum budget /
   codebook / hierarchical and manifold routing / kinetics) on spiral and helix.
 - ``kinetics``: kinetics mix 0 .. 1 on the phase-quorum paged memory.
+- ``mutation`` / ``mutation_transfer``: mutation-selection search over gate configurations (``search.py``), fitness
+  on ``--seeds``, the winner re-measured beside the fork's hand-seeded candidate and the same-heads controls on
+  ``--check-seeds``; the transfer variant adds long-horizon and interference terms to the fitness.
 - ``budget``: the switch budget (at most K page changes per sample in any ``--switch-window`` chunk boundaries,
   a hard causal cap) swept over ``--budgets`` on 4 manifold-keyed pages with the quorum-budget gate; loss,
   switch rate and refused-switch rate against K, beside the unconstrained model and 4 plain heads.
@@ -24,6 +27,7 @@ optionally appends a CSV row (``--csv``) and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import search  # noqa: E402
 from common import (  # noqa: E402
     PHASE_QUORUM,
     Setup,
@@ -156,30 +161,31 @@ def interference_variants(dim: int) -> dict[str, Variant]:
     }
 
 
-def protocol_interference(setup: Setup) -> tuple[dict, list, list[str]]:
+def run_interference(variant: Variant, setup: Setup, seed: int) -> dict[str, float]:
+    """``setup.steps`` steps on task A, then as many on B; held-out MSE on A and B."""
     steps = setup.steps
+    model = build(variant, setup, seed)
+    gen = torch.Generator().manual_seed(3000 + seed)
+
+    def batches(task: str):
+        return lambda _: interference_task(task, setup.batch, setup.seq_len, setup.dim, gen)
+
+    held = {t: interference_task(t, 4 * setup.batch, setup.seq_len, setup.dim,
+                                 torch.Generator().manual_seed(9000 + seed)) for t in "AB"}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses_a, ms_a = train_steps(model, optimizer, batches("A"), steps)
+    pre_a = eval_mse(model, held["A"])
+    losses_b, ms_b = train_steps(model, optimizer, batches("B"), steps)
+    post_a, post_b = eval_mse(model, held["A"]), eval_mse(model, held["B"])
+    return {"pre_a_loss": pre_a, "post_a_loss": post_a, "post_b_loss": post_b, "forgetting_delta": post_a - pre_a,
+            "train_a_tail": tail(losses_a), "train_b_tail": tail(losses_b), "step_ms": (ms_a + ms_b) / 2,
+            "switch_rate": model.switches() / (2 * steps * setup.batch * (setup.seq_len // setup.chunk))}
+
+
+def protocol_interference(setup: Setup) -> tuple[dict, list, list[str]]:
     metrics = {}
     for name, variant in interference_variants(setup.dim).items():
-        runs = []
-        for seed in setup.seeds:
-            model = build(variant, setup, seed)
-            gen = torch.Generator().manual_seed(3000 + seed)
-
-            def batches(task: str, gen: torch.Generator = gen):
-                return lambda _: interference_task(task, setup.batch, setup.seq_len, setup.dim, gen)
-
-            held = {t: interference_task(t, 4 * setup.batch, setup.seq_len, setup.dim,
-                                         torch.Generator().manual_seed(9000 + seed)) for t in "AB"}
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-            losses_a, ms_a = train_steps(model, optimizer, batches("A"), steps)
-            pre_a = eval_mse(model, held["A"])
-            losses_b, ms_b = train_steps(model, optimizer, batches("B"), steps)
-            post_a, post_b = eval_mse(model, held["A"]), eval_mse(model, held["B"])
-            runs.append({"pre_a_loss": pre_a, "post_a_loss": post_a, "post_b_loss": post_b,
-                         "forgetting_delta": post_a - pre_a, "train_a_tail": tail(losses_a),
-                         "train_b_tail": tail(losses_b), "step_ms": (ms_a + ms_b) / 2,
-                         "switch_rate": model.switches() / (2 * steps * setup.batch * (setup.seq_len // setup.chunk))})
-        metrics[name] = collect(runs)
+        metrics[name] = collect([run_interference(variant, setup, seed) for seed in setup.seeds])
         print(f"  {name}: done", file=sys.stderr)
     checks = [{"path": f"{n}.{m}", "kind": "loss"} for n in metrics for m in ("pre_a_loss", "post_a_loss")]
     checks += [{"path": f"{n}.step_ms", "kind": "time"} for n in metrics]
@@ -314,9 +320,60 @@ def protocol_budget(setup: Setup) -> tuple[dict, list, list[str]]:
                                             "switch rate helix", "refused rate spiral", "step ms"], rows)
 
 
+def mutation_fitness(variant: Variant, setup: Setup, seeds: tuple[int, ...]) -> dict[str, float]:
+    """The search's fitness parts, averaged over ``seeds`` (lower is better; ``search.py``)."""
+    latency, weight = setup.extra["latency_weight"], setup.extra["transfer_weight"]
+    runs = []
+    for seed in seeds:
+        (spiral_loss, spiral_ms, _), (helix_loss, helix_ms, _) = (run_task(variant, setup, seed, t) for t in TASKS)
+        run = {"spiral": spiral_loss, "helix_drift": helix_loss, "step_ms": (spiral_ms + helix_ms) / 2}
+        run["classic"] = (spiral_loss + helix_loss) / 2 + latency * run["step_ms"]
+        run["fitness"] = run["classic"]
+        if weight > 0:
+            long = run_long_horizon(variant, setup, seed)
+            post_a = run_interference(variant, setup, seed)["post_a_loss"]
+            run.update(clean_mse_post=long["clean_mse_post"], phase_err_post=long["phase_err_post"], post_a_loss=post_a)
+            run["transfer"] = long["clean_mse_post"] + 0.5 * long["phase_err_post"] + post_a
+            run["fitness"] = (1 - weight) * run["classic"] + weight * run["transfer"]
+        runs.append(run)
+    return {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]} | {"per_seed": runs}
+
+
+def protocol_mutation(setup: Setup) -> tuple[dict, list, list[str]]:
+    extra = setup.extra
+    rng = random.Random(extra["search_seed"])
+    evaluated = []
+
+    def fitness(candidate: dict[str, Any]) -> float:
+        value = mutation_fitness(Variant(1, search.layer_options(candidate, setup.dim)), setup, setup.seeds)["fitness"]
+        evaluated.append({"candidate": candidate, "fitness": value})
+        print(f"  candidate {len(evaluated)}: {value:.5f}", file=sys.stderr)
+        return value
+
+    history, _ = search.search(fitness, rng, extra["population"], extra["generations"], extra["elites"],
+                               extra["mutation_p"])
+    winner = history[-1]["candidate"]
+    finalists = {"winner": Variant(1, search.layer_options(winner, setup.dim)),
+                 "seeded": Variant(1, search.layer_options(search.legal(search.SEEDED), setup.dim)),
+                 "same_heads": Variant(2, None), "same_heads_4": Variant(4, None)}
+    check_seeds = tuple(extra["check_seeds"])
+    metrics: dict[str, Any] = {"search": {"history": history, "evaluated": evaluated, "winner": winner}}
+    for name, variant in finalists.items():
+        metrics[name] = collect(mutation_fitness(variant, setup, check_seeds)["per_seed"])
+        print(f"  {name} on the check seeds: done", file=sys.stderr)
+    parts = [k for k in ("classic", "transfer", "fitness") if k in metrics["winner"]]
+    checks = [{"path": f"{n}.{k}", "kind": "loss"} for n in finalists for k in ("spiral", "helix_drift")]
+    rows = [[n, str(finalists[n].internal_heads()), fmt(c["spiral"]), fmt(c["helix_drift"]),
+             *(fmt(c[k]) for k in parts)] for n, c in metrics.items() if n != "search"]
+    table = markdown_table(["finalist (check seeds)", "heads", "spiral", "helix+drift", *parts], rows)
+    table += ["", "search history (search seeds): " + "; ".join(
+        f"gen {h['generation']} {h['fitness']:.5f}" for h in history), f"winner: {winner}"]
+    return metrics, checks, table
+
+
 PROTOCOLS = {"symplectic": protocol_symplectic, "interference": protocol_interference,
              "threshold": protocol_threshold, "variants": protocol_variants, "kinetics": protocol_kinetics,
-             "budget": protocol_budget}
+             "budget": protocol_budget, "mutation": protocol_mutation, "mutation_transfer": protocol_mutation}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -333,6 +390,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dims", default="16,64", help="widths of the threshold sweep")
     p.add_argument("--budgets", default="4,2,1,0", help="switch budgets K of the budget sweep")
     p.add_argument("--switch-window", type=int, default=8, help="chunk boundaries per switch budget window")
+    p.add_argument("--population", type=int, default=8, help="mutation search: candidates per generation")
+    p.add_argument("--generations", type=int, default=4)
+    p.add_argument("--elites", type=int, default=3)
+    p.add_argument("--mutation-p", type=float, default=0.35, help="probability of redrawing each gene")
+    p.add_argument("--search-seed", type=int, default=0, help="seed of the search's own random choices")
+    p.add_argument("--check-seeds", default="1,2,3", help="seeds the finalists are re-measured on")
+    p.add_argument("--latency-weight", type=float, default=0.0,
+                   help="fitness weight of step ms (the fork's 1e-3; 0 because shared-machine timings are noise)")
+    p.add_argument("--transfer-weight", type=float, default=0.5, help="mutation_transfer: weight w of the transfer "
+                   "score in the fitness (1 − w) classic + w transfer")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default="local")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/symplectic_PROTOCOL.json)")
@@ -348,6 +415,12 @@ def main(argv: list[str] | None = None) -> dict:
         extra = {"long_len": args.long_len, "long_steps": [int(s) for s in args.long_steps.split(",")]}
     if args.protocol == "threshold":
         extra = {"dims": [int(d) for d in args.dims.split(",")]}
+    if args.protocol.startswith("mutation"):
+        extra = {"population": args.population, "generations": args.generations, "elites": args.elites,
+                 "mutation_p": args.mutation_p, "search_seed": args.search_seed,
+                 "check_seeds": [int(s) for s in args.check_seeds.split(",")], "latency_weight": args.latency_weight,
+                 "transfer_weight": args.transfer_weight if args.protocol == "mutation_transfer" else 0.0,
+                 "long_len": args.long_len, "long_steps": [int(s) for s in args.long_steps.split(",")]}
     if args.protocol == "budget":
         extra = {"budgets": [int(k) for k in args.budgets.split(",")], "switch_window": args.switch_window}
     setup = Setup(args.dim, args.seq_len, args.batch, args.chunk, args.steps,

@@ -62,3 +62,46 @@ def test_the_budget_sweep_never_exceeds_its_cap(tmp_path, capsys):
         assert rate["budget_1"] <= 1 / 4 and rate["budget_0"] == 0
         assert metrics["unconstrained"][task]["blocked_rate"]["mean"] == 0
     assert "| budget_0 |" in capsys.readouterr().out
+
+
+def test_mutation_search_scores_each_candidate_once_and_keeps_its_elites():
+    import random
+
+    import search
+
+    from ttmem.layers import NeuralMemory
+
+    target = {"phase_mix": 0.25, "quorum_mix": 0.55, "budget_topk_ratio": 0.3, "hierarchical": False,
+              "hierarchy_mix": 0.5, "quorum_window": 7, "quorum_threshold": 0.3, "quorum_temperature": 0.08}
+    calls = []
+
+    def fitness(candidate):  # genes away from the target: a closed form the search must not make worse
+        calls.append(search.key(candidate))
+        return float(sum(candidate[g] != v for g, v in target.items()))
+
+    history, scores = search.search(fitness, random.Random(0), population=6, generations=5, elites=2, p=0.35)
+    assert len(calls) == len(set(calls)) == len(scores)
+    best = [h["fitness"] for h in history]
+    assert best == sorted(best, reverse=True) and best[-1] == min(scores.values())
+    rng = random.Random(1)
+    for _ in range(20):
+        c = search.random_candidate(rng)
+        assert c["quorum_mix"] > 0 or c["budget_topk_ratio"] is None
+        assert search.mutate(c, rng, 0.0) == c
+        NeuralMemory(16, chunk_size=4, symplectic=search.layer_options(c, 16))  # every candidate is a valid layer
+    with pytest.raises(ValueError, match="elites"):
+        search.search(fitness, rng, population=2, generations=1, elites=3, p=0.5)
+
+
+def test_a_tiny_transfer_search_writes_its_finalists(tmp_path):
+    out = tmp_path / "m.json"
+    bench.main(["mutation_transfer", "--dim", "8", "--seq-len", "16", "--chunk", "4", "--batch", "2", "--steps", "1",
+                "--seeds", "0", "--check-seeds", "1", "--population", "2", "--generations", "1", "--elites", "1",
+                "--long-len", "16", "--long-steps", "1,1,1", "--out", str(out)])
+    metrics = json.loads(out.read_text())["metrics"]
+    assert len(metrics["search"]["evaluated"]) == 2
+    for name in ("winner", "seeded", "same_heads", "same_heads_4"):
+        cell = metrics[name]
+        expected = 0.5 * cell["classic"]["mean"] + 0.5 * cell["transfer"]["mean"]  # default transfer weight
+        assert abs(cell["fitness"]["mean"] - expected) < 1e-12
+        assert abs(cell["classic"]["mean"] - (cell["spiral"]["mean"] + cell["helix_drift"]["mean"]) / 2) < 1e-12
