@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import search  # noqa: E402
 from common import (  # noqa: E402
     PHASE_QUORUM,
+    AutoAssociative,
     Setup,
     Variant,
     build,
@@ -87,11 +89,17 @@ def symplectic_variants(dim: int) -> dict[str, Variant]:
     }
 
 
-def run_task(variant: Variant, setup: Setup, seed: int, task: str) -> tuple[float, float, int]:
+def train_task(variant: Variant, setup: Setup, seed: int, task: str) -> tuple[list[float], float, AutoAssociative]:
+    """A fresh model trained ``setup.steps`` steps on one fixed sequence of ``task``: (losses, ms per step, model)."""
     model = build(variant, setup, seed)
     data = TASKS[task](setup.batch, setup.seq_len, setup.dim, torch.Generator().manual_seed(1000 + seed))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses, ms = train_steps(model, optimizer, lambda _: data, setup.steps)
+    return losses, ms, model
+
+
+def run_task(variant: Variant, setup: Setup, seed: int, task: str) -> tuple[float, float, int]:
+    losses, ms, model = train_task(variant, setup, seed, task)
     return tail(losses), ms, model.switches()
 
 
@@ -252,19 +260,24 @@ def gate_variants(dim: int) -> dict[str, Variant]:
     }
 
 
-def protocol_variants(setup: Setup, variants: dict[str, Variant] | None = None) -> tuple[dict, list, list[str]]:
-    variants = variants or gate_variants(setup.dim)
+def per_task(variants: dict[str, Variant], setup: Setup,
+             measure: Callable[[Variant, int, str], dict[str, float]]) -> dict[str, Any]:
+    """{variant: {task: spread of measure(variant, seed, task) over the seeds}}."""
     metrics = {}
     for name, variant in variants.items():
-        runs = []
-        for seed in setup.seeds:
-            run: dict[str, Any] = {}
-            for task in TASKS:
-                loss, ms, _ = run_task(variant, setup, seed, task)
-                run[task] = {"final_loss": loss, "step_ms": ms}
-            runs.append(run)
-        metrics[name] = collect(runs)
+        metrics[name] = collect([{task: measure(variant, seed, task) for task in TASKS} for seed in setup.seeds])
         print(f"  {name}: done", file=sys.stderr)
+    return metrics
+
+
+def protocol_variants(setup: Setup, variants: dict[str, Variant] | None = None) -> tuple[dict, list, list[str]]:
+    variants = variants or gate_variants(setup.dim)
+
+    def measure(variant: Variant, seed: int, task: str) -> dict[str, float]:
+        loss, ms, _ = run_task(variant, setup, seed, task)
+        return {"final_loss": loss, "step_ms": ms}
+
+    metrics = per_task(variants, setup, measure)
     checks = [{"path": f"{n}.{t}.final_loss", "kind": "loss"} for n in metrics for t in TASKS]
     rows = [[n, str(variants[n].internal_heads()), fmt(c["spiral"]["final_loss"]),
              fmt(c["helix_drift"]["final_loss"]), fmt(c["spiral"]["step_ms"], 3)] for n, c in metrics.items()]
@@ -295,23 +308,15 @@ def budget_variants(dim: int, budgets: list[int], window: int) -> dict[str, Vari
 def protocol_budget(setup: Setup) -> tuple[dict, list, list[str]]:
     variants = budget_variants(setup.dim, setup.extra["budgets"], setup.extra["switch_window"])
     boundaries = setup.steps * setup.batch * (setup.seq_len // setup.chunk)
-    metrics = {}
-    for name, variant in variants.items():
-        runs = []
-        for seed in setup.seeds:
-            run: dict[str, Any] = {}
-            for task in TASKS:
-                model = build(variant, setup, seed)
-                data = TASKS[task](setup.batch, setup.seq_len, setup.dim, torch.Generator().manual_seed(1000 + seed))
-                optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-                losses, ms = train_steps(model, optimizer, lambda _, data=data: data, setup.steps)
-                paging = model.memory.symplectic
-                blocked = int(getattr(paging, "page_switches_blocked", 0)) if paging is not None else 0
-                run[task] = {"final_loss": tail(losses), "step_ms": ms, "switch_rate": model.switches() / boundaries,
-                             "blocked_rate": blocked / boundaries}
-            runs.append(run)
-        metrics[name] = collect(runs)
-        print(f"  {name}: done", file=sys.stderr)
+
+    def measure(variant: Variant, seed: int, task: str) -> dict[str, float]:
+        losses, ms, model = train_task(variant, setup, seed, task)
+        paging = model.memory.symplectic
+        blocked = int(getattr(paging, "page_switches_blocked", 0)) if paging is not None else 0
+        return {"final_loss": tail(losses), "step_ms": ms, "switch_rate": model.switches() / boundaries,
+                "blocked_rate": blocked / boundaries}
+
+    metrics = per_task(variants, setup, measure)
     checks = [{"path": f"{n}.{t}.final_loss", "kind": "loss"} for n in metrics for t in TASKS]
     rows = [[n, fmt(c["spiral"]["final_loss"]), fmt(c["helix_drift"]["final_loss"]),
              fmt(c["spiral"]["switch_rate"], 3), fmt(c["helix_drift"]["switch_rate"], 3),
