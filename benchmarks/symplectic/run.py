@@ -12,6 +12,12 @@ Protocols (``common.py`` has the data, the model and the training loop):
 - ``variants``: gate variants (hard / soft / diagonal / top-k / adaptive top-k / phase / quorum budget /
   codebook / hierarchical and manifold routing / kinetics) on spiral and helix.
 - ``kinetics``: kinetics mix 0 .. 1 on the phase-quorum paged memory.
+- ``mutation`` / ``mutation_transfer``: mutation-selection search over gate configurations (``search.py``), fitness
+  on ``--seeds``, the winner re-measured beside the fork's hand-seeded candidate and the same-heads controls on
+  ``--check-seeds``; the transfer variant adds long-horizon and interference terms to the fitness.
+- ``budget``: the switch budget (at most K page changes per sample in any ``--switch-window`` chunk boundaries,
+  a hard causal cap) swept over ``--budgets`` on 4 manifold-keyed pages with the quorum-budget gate; loss,
+  switch rate and refused-switch rate against K, beside the unconstrained model and 4 plain heads.
 
 Every protocol runs each variant on every seed (``--seeds``) with a fresh model per phase, writes JSON (tag,
 device, config, metrics as mean / min / max / values over seeds, and the checks ``regress.py`` applies),
@@ -21,7 +27,9 @@ optionally appends a CSV row (``--csv``) and prints a Markdown table.
 from __future__ import annotations
 
 import argparse
+import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +37,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import search  # noqa: E402
 from common import (  # noqa: E402
     PHASE_QUORUM,
+    AutoAssociative,
     Setup,
     Variant,
     build,
@@ -79,11 +89,17 @@ def symplectic_variants(dim: int) -> dict[str, Variant]:
     }
 
 
-def run_task(variant: Variant, setup: Setup, seed: int, task: str) -> tuple[float, float, int]:
+def train_task(variant: Variant, setup: Setup, seed: int, task: str) -> tuple[list[float], float, AutoAssociative]:
+    """A fresh model trained ``setup.steps`` steps on one fixed sequence of ``task``: (losses, ms per step, model)."""
     model = build(variant, setup, seed)
     data = TASKS[task](setup.batch, setup.seq_len, setup.dim, torch.Generator().manual_seed(1000 + seed))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     losses, ms = train_steps(model, optimizer, lambda _: data, setup.steps)
+    return losses, ms, model
+
+
+def run_task(variant: Variant, setup: Setup, seed: int, task: str) -> tuple[float, float, int]:
+    losses, ms, model = train_task(variant, setup, seed, task)
     return tail(losses), ms, model.switches()
 
 
@@ -153,30 +169,31 @@ def interference_variants(dim: int) -> dict[str, Variant]:
     }
 
 
-def protocol_interference(setup: Setup) -> tuple[dict, list, list[str]]:
+def run_interference(variant: Variant, setup: Setup, seed: int) -> dict[str, float]:
+    """``setup.steps`` steps on task A, then as many on B; held-out MSE on A and B."""
     steps = setup.steps
+    model = build(variant, setup, seed)
+    gen = torch.Generator().manual_seed(3000 + seed)
+
+    def batches(task: str):
+        return lambda _: interference_task(task, setup.batch, setup.seq_len, setup.dim, gen)
+
+    held = {t: interference_task(t, 4 * setup.batch, setup.seq_len, setup.dim,
+                                 torch.Generator().manual_seed(9000 + seed)) for t in "AB"}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses_a, ms_a = train_steps(model, optimizer, batches("A"), steps)
+    pre_a = eval_mse(model, held["A"])
+    losses_b, ms_b = train_steps(model, optimizer, batches("B"), steps)
+    post_a, post_b = eval_mse(model, held["A"]), eval_mse(model, held["B"])
+    return {"pre_a_loss": pre_a, "post_a_loss": post_a, "post_b_loss": post_b, "forgetting_delta": post_a - pre_a,
+            "train_a_tail": tail(losses_a), "train_b_tail": tail(losses_b), "step_ms": (ms_a + ms_b) / 2,
+            "switch_rate": model.switches() / (2 * steps * setup.batch * (setup.seq_len // setup.chunk))}
+
+
+def protocol_interference(setup: Setup) -> tuple[dict, list, list[str]]:
     metrics = {}
     for name, variant in interference_variants(setup.dim).items():
-        runs = []
-        for seed in setup.seeds:
-            model = build(variant, setup, seed)
-            gen = torch.Generator().manual_seed(3000 + seed)
-
-            def batches(task: str, gen: torch.Generator = gen):
-                return lambda _: interference_task(task, setup.batch, setup.seq_len, setup.dim, gen)
-
-            held = {t: interference_task(t, 4 * setup.batch, setup.seq_len, setup.dim,
-                                         torch.Generator().manual_seed(9000 + seed)) for t in "AB"}
-            optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-            losses_a, ms_a = train_steps(model, optimizer, batches("A"), steps)
-            pre_a = eval_mse(model, held["A"])
-            losses_b, ms_b = train_steps(model, optimizer, batches("B"), steps)
-            post_a, post_b = eval_mse(model, held["A"]), eval_mse(model, held["B"])
-            runs.append({"pre_a_loss": pre_a, "post_a_loss": post_a, "post_b_loss": post_b,
-                         "forgetting_delta": post_a - pre_a, "train_a_tail": tail(losses_a),
-                         "train_b_tail": tail(losses_b), "step_ms": (ms_a + ms_b) / 2,
-                         "switch_rate": model.switches() / (2 * steps * setup.batch * (setup.seq_len // setup.chunk))})
-        metrics[name] = collect(runs)
+        metrics[name] = collect([run_interference(variant, setup, seed) for seed in setup.seeds])
         print(f"  {name}: done", file=sys.stderr)
     checks = [{"path": f"{n}.{m}", "kind": "loss"} for n in metrics for m in ("pre_a_loss", "post_a_loss")]
     checks += [{"path": f"{n}.step_ms", "kind": "time"} for n in metrics]
@@ -243,19 +260,24 @@ def gate_variants(dim: int) -> dict[str, Variant]:
     }
 
 
-def protocol_variants(setup: Setup, variants: dict[str, Variant] | None = None) -> tuple[dict, list, list[str]]:
-    variants = variants or gate_variants(setup.dim)
+def per_task(variants: dict[str, Variant], setup: Setup,
+             measure: Callable[[Variant, int, str], dict[str, float]]) -> dict[str, Any]:
+    """{variant: {task: spread of measure(variant, seed, task) over the seeds}}."""
     metrics = {}
     for name, variant in variants.items():
-        runs = []
-        for seed in setup.seeds:
-            run: dict[str, Any] = {}
-            for task in TASKS:
-                loss, ms, _ = run_task(variant, setup, seed, task)
-                run[task] = {"final_loss": loss, "step_ms": ms}
-            runs.append(run)
-        metrics[name] = collect(runs)
+        metrics[name] = collect([{task: measure(variant, seed, task) for task in TASKS} for seed in setup.seeds])
         print(f"  {name}: done", file=sys.stderr)
+    return metrics
+
+
+def protocol_variants(setup: Setup, variants: dict[str, Variant] | None = None) -> tuple[dict, list, list[str]]:
+    variants = variants or gate_variants(setup.dim)
+
+    def measure(variant: Variant, seed: int, task: str) -> dict[str, float]:
+        loss, ms, _ = run_task(variant, setup, seed, task)
+        return {"final_loss": loss, "step_ms": ms}
+
+    metrics = per_task(variants, setup, measure)
     checks = [{"path": f"{n}.{t}.final_loss", "kind": "loss"} for n in metrics for t in TASKS]
     rows = [[n, str(variants[n].internal_heads()), fmt(c["spiral"]["final_loss"]),
              fmt(c["helix_drift"]["final_loss"]), fmt(c["spiral"]["step_ms"], 3)] for n, c in metrics.items()]
@@ -270,8 +292,93 @@ def protocol_kinetics(setup: Setup) -> tuple[dict, list, list[str]]:
     return protocol_variants(setup, variants)
 
 
+def budget_variants(dim: int, budgets: list[int], window: int) -> dict[str, Variant]:
+    """4 manifold-keyed pages, raw threshold 0.1, quorum-budget gate; unconstrained, then each budget K."""
+    gate = dict(PHASE_QUORUM, phase_pairs=phase_pairs(dim), quorum_mix=0.75, budget_topk_ratio=0.2)
+    base = dict(use_symplectic_gating=True, num_pages=4, symplectic_page_threshold=0.1, page_routing="manifold",
+                complexity=gate)
+    variants = {"unconstrained": Variant(1, base, "no cap")}
+    for k in budgets:
+        variants[f"budget_{k}"] = Variant(1, dict(base, page_switch_budget=k, page_switch_window=window),
+                                          f"at most {k} page changes per {window} boundaries")
+    variants["same_heads_4"] = Variant(4, None, "4 plain heads: the paged models' head count, no routing")
+    return variants
+
+
+def protocol_budget(setup: Setup) -> tuple[dict, list, list[str]]:
+    variants = budget_variants(setup.dim, setup.extra["budgets"], setup.extra["switch_window"])
+    boundaries = setup.steps * setup.batch * (setup.seq_len // setup.chunk)
+
+    def measure(variant: Variant, seed: int, task: str) -> dict[str, float]:
+        losses, ms, model = train_task(variant, setup, seed, task)
+        paging = model.memory.symplectic
+        blocked = int(getattr(paging, "page_switches_blocked", 0)) if paging is not None else 0
+        return {"final_loss": tail(losses), "step_ms": ms, "switch_rate": model.switches() / boundaries,
+                "blocked_rate": blocked / boundaries}
+
+    metrics = per_task(variants, setup, measure)
+    checks = [{"path": f"{n}.{t}.final_loss", "kind": "loss"} for n in metrics for t in TASKS]
+    rows = [[n, fmt(c["spiral"]["final_loss"]), fmt(c["helix_drift"]["final_loss"]),
+             fmt(c["spiral"]["switch_rate"], 3), fmt(c["helix_drift"]["switch_rate"], 3),
+             fmt(c["spiral"]["blocked_rate"], 3), fmt(c["spiral"]["step_ms"], 3)] for n, c in metrics.items()]
+    return metrics, checks, markdown_table(["variant", "spiral", "helix+drift", "switch rate spiral",
+                                            "switch rate helix", "refused rate spiral", "step ms"], rows)
+
+
+def mutation_fitness(variant: Variant, setup: Setup, seeds: tuple[int, ...]) -> dict[str, float]:
+    """The search's fitness parts, averaged over ``seeds`` (lower is better; ``search.py``)."""
+    latency, weight = setup.extra["latency_weight"], setup.extra["transfer_weight"]
+    runs = []
+    for seed in seeds:
+        (spiral_loss, spiral_ms, _), (helix_loss, helix_ms, _) = (run_task(variant, setup, seed, t) for t in TASKS)
+        run = {"spiral": spiral_loss, "helix_drift": helix_loss, "step_ms": (spiral_ms + helix_ms) / 2}
+        run["classic"] = (spiral_loss + helix_loss) / 2 + latency * run["step_ms"]
+        run["fitness"] = run["classic"]
+        if weight > 0:
+            long = run_long_horizon(variant, setup, seed)
+            post_a = run_interference(variant, setup, seed)["post_a_loss"]
+            run.update(clean_mse_post=long["clean_mse_post"], phase_err_post=long["phase_err_post"], post_a_loss=post_a)
+            run["transfer"] = long["clean_mse_post"] + 0.5 * long["phase_err_post"] + post_a
+            run["fitness"] = (1 - weight) * run["classic"] + weight * run["transfer"]
+        runs.append(run)
+    return {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]} | {"per_seed": runs}
+
+
+def protocol_mutation(setup: Setup) -> tuple[dict, list, list[str]]:
+    extra = setup.extra
+    rng = random.Random(extra["search_seed"])
+    evaluated = []
+
+    def fitness(candidate: dict[str, Any]) -> float:
+        value = mutation_fitness(Variant(1, search.layer_options(candidate, setup.dim)), setup, setup.seeds)["fitness"]
+        evaluated.append({"candidate": candidate, "fitness": value})
+        print(f"  candidate {len(evaluated)}: {value:.5f}", file=sys.stderr)
+        return value
+
+    history, _ = search.search(fitness, rng, extra["population"], extra["generations"], extra["elites"],
+                               extra["mutation_p"])
+    winner = history[-1]["candidate"]
+    finalists = {"winner": Variant(1, search.layer_options(winner, setup.dim)),
+                 "seeded": Variant(1, search.layer_options(search.legal(search.SEEDED), setup.dim)),
+                 "same_heads": Variant(2, None), "same_heads_4": Variant(4, None)}
+    check_seeds = tuple(extra["check_seeds"])
+    metrics: dict[str, Any] = {"search": {"history": history, "evaluated": evaluated, "winner": winner}}
+    for name, variant in finalists.items():
+        metrics[name] = collect(mutation_fitness(variant, setup, check_seeds)["per_seed"])
+        print(f"  {name} on the check seeds: done", file=sys.stderr)
+    parts = [k for k in ("classic", "transfer", "fitness") if k in metrics["winner"]]
+    checks = [{"path": f"{n}.{k}", "kind": "loss"} for n in finalists for k in ("spiral", "helix_drift")]
+    rows = [[n, str(finalists[n].internal_heads()), fmt(c["spiral"]), fmt(c["helix_drift"]),
+             *(fmt(c[k]) for k in parts)] for n, c in metrics.items() if n != "search"]
+    table = markdown_table(["finalist (check seeds)", "heads", "spiral", "helix+drift", *parts], rows)
+    table += ["", "search history (search seeds): " + "; ".join(
+        f"gen {h['generation']} {h['fitness']:.5f}" for h in history), f"winner: {winner}"]
+    return metrics, checks, table
+
+
 PROTOCOLS = {"symplectic": protocol_symplectic, "interference": protocol_interference,
-             "threshold": protocol_threshold, "variants": protocol_variants, "kinetics": protocol_kinetics}
+             "threshold": protocol_threshold, "variants": protocol_variants, "kinetics": protocol_kinetics,
+             "budget": protocol_budget, "mutation": protocol_mutation, "mutation_transfer": protocol_mutation}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -286,6 +393,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--long-len", type=int, default=192, help="long-horizon sequence length (symplectic)")
     p.add_argument("--long-steps", default="20,10,10", help="long-horizon warm-up, perturb, recovery steps")
     p.add_argument("--dims", default="16,64", help="widths of the threshold sweep")
+    p.add_argument("--budgets", default="4,2,1,0", help="switch budgets K of the budget sweep")
+    p.add_argument("--switch-window", type=int, default=8, help="chunk boundaries per switch budget window")
+    p.add_argument("--population", type=int, default=8, help="mutation search: candidates per generation")
+    p.add_argument("--generations", type=int, default=4)
+    p.add_argument("--elites", type=int, default=3)
+    p.add_argument("--mutation-p", type=float, default=0.35, help="probability of redrawing each gene")
+    p.add_argument("--search-seed", type=int, default=0, help="seed of the search's own random choices")
+    p.add_argument("--check-seeds", default="1,2,3", help="seeds the finalists are re-measured on")
+    p.add_argument("--latency-weight", type=float, default=0.0,
+                   help="fitness weight of step ms (the fork's 1e-3; 0 because shared-machine timings are noise)")
+    p.add_argument("--transfer-weight", type=float, default=0.5, help="mutation_transfer: weight w of the transfer "
+                   "score in the fitness (1 − w) classic + w transfer")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--tag", default="local")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/symplectic_PROTOCOL.json)")
@@ -301,6 +420,14 @@ def main(argv: list[str] | None = None) -> dict:
         extra = {"long_len": args.long_len, "long_steps": [int(s) for s in args.long_steps.split(",")]}
     if args.protocol == "threshold":
         extra = {"dims": [int(d) for d in args.dims.split(",")]}
+    if args.protocol.startswith("mutation"):
+        extra = {"population": args.population, "generations": args.generations, "elites": args.elites,
+                 "mutation_p": args.mutation_p, "search_seed": args.search_seed,
+                 "check_seeds": [int(s) for s in args.check_seeds.split(",")], "latency_weight": args.latency_weight,
+                 "transfer_weight": args.transfer_weight if args.protocol == "mutation_transfer" else 0.0,
+                 "long_len": args.long_len, "long_steps": [int(s) for s in args.long_steps.split(",")]}
+    if args.protocol == "budget":
+        extra = {"budgets": [int(k) for k in args.budgets.split(",")], "switch_window": args.switch_window}
     setup = Setup(args.dim, args.seq_len, args.batch, args.chunk, args.steps,
                   tuple(int(s) for s in args.seeds.split(",")), extra)
     metrics, checks, table = PROTOCOLS[args.protocol](setup)

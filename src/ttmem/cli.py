@@ -97,6 +97,16 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--seq-len", type=int, default=256)
     bench.add_argument("--iters", type=int, default=5)
     bench.add_argument("--device", default="auto")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=False, metavar="{regress}")
+    regress = bench_sub.add_parser(
+        "regress", help="compare a benchmark report (JSON) with a baseline; exit 1 on any regression"
+    )
+    regress.add_argument("--baseline", required=True, metavar="A.json", help="the committed baseline report")
+    regress.add_argument("--latest", required=True, metavar="B.json", help="the new run's report")
+    regress.add_argument("--max-loss-regression-pct", type=float, default=5.0)
+    regress.add_argument("--max-time-regression-pct", type=float, default=10.0)
+    regress.add_argument("--min-gain-regression-pct", type=float, default=5.0)
+    regress.add_argument("--allow-device-change", action="store_true")
 
     sub.add_parser("info", help="versions, devices, available presets, rules, optimizers, datasets")
 
@@ -243,6 +253,8 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench_command == "regress":
+        return _cmd_bench_regress(args)
     _at_least(1, batch_size=args.batch_size, seq_len=args.seq_len, iters=args.iters)
     from ttmem.eval.speed import measure_throughput
     from ttmem.train.distributed import DistEnv, pick_device
@@ -256,6 +268,22 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     for key, value in stats.items():
         print(f"  {key}: {value:,.1f}")
     return 0
+
+
+def _cmd_bench_regress(args: argparse.Namespace) -> int:
+    """Exit 1 on a regression or on reports that cannot be compared (one line), 0 when every check passes."""
+    from ttmem.eval.regress import RegressionRefused, compare_reports, format_rows, load_report
+
+    tolerances = {"loss": args.max_loss_regression_pct, "time": args.max_time_regression_pct,
+                  "gain": args.min_gain_regression_pct}
+    try:
+        rows = compare_reports(load_report(args.baseline), load_report(args.latest), tolerances,
+                               args.allow_device_change)
+    except RegressionRefused as err:
+        _say(f"ttmem bench regress: error: {err}")
+        return 1
+    print(format_rows(rows))
+    return 1 if any(not r["passed"] for r in rows) else 0
 
 
 def _cmd_info(_: argparse.Namespace) -> int:

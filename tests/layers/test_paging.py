@@ -2,6 +2,7 @@
 isolation, counters and argument errors."""
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,7 +15,8 @@ from ttmem.layers.paging import SymplecticPaging, angle_bucket, route_pages
 from ttmem.memory import get_rule, initial_state, run_memory
 
 ALL_ON = dict(use_symplectic_gating=True, num_pages=2, symplectic_page_threshold=0.05, kinetics_coupling=True,
-              kinetics_mix=0.5, page_routing="hierarchical", coarse_pages=1, fine_pages=2, hierarchy_mix=0.5,
+              kinetics_mix=0.5, page_switch_budget=1, page_switch_window=2, page_routing="hierarchical",
+              coarse_pages=1, fine_pages=2, hierarchy_mix=0.5,
               complexity=dict(phase_mix=0.5, phase_pairs=2, quorum_mix=0.5, quorum_window=3,
                               quorum_threshold=0.05, budget_topk_ratio=0.5, budget_window=4))
 
@@ -40,7 +42,7 @@ def _memory_fields(state):
     m = state.memory
     return {"weights": m.weights, "momentum": m.momentum, "active_page": m.active_page,
             "chunk_complexity": m.chunk_complexity, "chunk_lr_sum": m.chunk_lr_sum, "chunk_phase": m.chunk_phase,
-            "signal_inputs": m.signal_inputs, "signal_offset": m.signal_offset}
+            "signal_inputs": m.signal_inputs, "signal_offset": m.signal_offset, "switch_history": m.switch_history}
 
 
 def _assert_close(a, b, atol=1e-10):
@@ -172,6 +174,53 @@ def test_crossings_that_keep_the_page_are_not_switches():
     assert int(paging.page_threshold_crossings) == 3 and int(paging.page_switch_events) == 1
 
 
+def _budget_reference(cmax, pages, threshold, budget, window):
+    """Sample by sample: the sequential page at each boundary under at most `budget` changes in any `window`
+    consecutive boundaries; returns the pages after each boundary and the number of refused changes."""
+    out, blocked = [], 0
+    for row in cmax.tolist():
+        page, changed_at, pages_after = 0, [], []
+        for i, m in enumerate(row):
+            recent = sum(1 for j in changed_at if i - j < window)
+            if m > threshold:
+                if recent < budget:
+                    page = (page + 1) % pages
+                    changed_at.append(i)
+                else:
+                    blocked += 1
+            pages_after.append(page)
+        out.append(pages_after)
+    return out, blocked
+
+
+@pytest.mark.parametrize("budget, window", [(0, 3), (1, 1), (1, 3), (2, 4), (3, 2)])
+def test_switch_budget_caps_changes_per_window_like_a_reference_loop(budget, window):
+    torch.manual_seed(budget * 10 + window)
+    chunk, boundaries = 2, 11
+    x = torch.zeros(3, chunk * boundaries, 4, dtype=torch.float64)
+    x[..., 0] = torch.rand(3, chunk * boundaries, dtype=torch.float64)
+    cmax = x[..., 0].reshape(3, boundaries, chunk).max(-1).values
+    expected, blocked = _budget_reference(cmax, 3, 0.3, budget, window)
+    paging = SymplecticPaging(4, 1, chunk, get_rule("titans"), use_symplectic_gating=True, num_pages=3,
+                              symplectic_page_threshold=0.3, page_switch_budget=budget,
+                              page_switch_window=window).double()
+    paging.signal = ScriptedSignal()
+    state, pages = initial_state("titans", 3, 3, 2, 2, dtype=torch.float64), []
+    for b in range(boundaries):  # one chunk per call: the history must travel in the state
+        seg = slice(b * chunk, (b + 1) * chunk)
+        _, carry = paging(x[:, seg], {"lr": torch.rand(3, 3, chunk, dtype=torch.float64),
+                                      "forget": torch.rand(3, 3, chunk, dtype=torch.float64)}, state)
+        state = replace(state, **carry)
+        pages.append(carry["active_page"].tolist())
+        assert carry["switch_history"].shape == (3, window - 1)
+    assert [list(p) for p in zip(*pages)] == expected
+    assert int(paging.page_switches_blocked) == blocked
+    unbounded = sum(int(m > 0.3) for m in cmax.flatten())
+    assert int(paging.page_switch_events) == unbounded - blocked
+    if budget == 0:
+        assert all(p == 0 for row in expected for p in row)
+
+
 def test_routing_formulas():
     pi = math.pi
     angles = torch.tensor([-0.9 * pi, 0.0, 0.9 * pi])
@@ -301,6 +350,10 @@ def test_single_token_decode_runs_with_paging():
 @pytest.mark.parametrize("options, match", [
     (dict(use_symplectic_gating=True, num_pages=2, page_routing="random"), "page_routing"),
     (dict(use_symplectic_gating=True, num_pages=0), "num_pages"),
+    (dict(use_symplectic_gating=True, num_pages=2, page_switch_budget=-1), "page_switch_budget"),
+    (dict(use_symplectic_gating=True, page_switch_budget=1), "needs num_pages > 1"),
+    (dict(use_symplectic_gating=True, num_pages=2, page_switch_budget=1, page_switch_window=0),
+     "page_switch_window"),
     (dict(use_symplectic_gating=True, num_pages=4, page_routing="hierarchical", coarse_pages=3, fine_pages=2),
      "coarse_pages × fine_pages"),
     (dict(use_symplectic_gating=True, num_pages=2, symplectic_page_threshold=float("nan")), "threshold"),

@@ -22,6 +22,10 @@ keep η, forget α), in this order:
      ``hierarchy_mix`` λ blends it with the sequential target as round((1 − λ) seq + λ hier).
    ``page_switch_events`` counts actual page changes (summed over samples), ``page_threshold_crossings`` the
    chunks whose max complexity crossed the threshold, whether or not the page changed.
+   Switch budget (``page_switch_budget`` K, ``page_switch_window`` W boundaries): a hard causal cap, at most K
+   page changes per sample in any W consecutive chunk boundaries. A change the router asks for is made only
+   if the sample changed pages fewer than K times at its previous W − 1 boundaries (carried in the state);
+   ``page_switches_blocked`` counts the refused ones. K = 0 pins every sample to page 0.
 3. Kinetics (``kinetics_coupling``, ``kinetics_mix`` k): with θ̄_t the running mean step size of t's chunk so
    far, r_t = θ̄_t / (θ̄_t + α_t + ε), α_t <- clamp(α_t (1 − k r_t), 0, 1), θ_t <- θ_t + k (1 − θ_t) r_t. k = 0 leaves
    every gate exactly as it was; inactive pages (θ = α = 0) stay untouched.
@@ -35,7 +39,9 @@ Design choices (where this differs from the fork): decisions at chunk boundaries
 maxima and means instead of whole-chunk ones; inactive pages' momentum masked (the fork kept adding carried
 momentum to them); the forget factor bounded; page changes and threshold crossings counted separately; the
 active page and every running statistic live in the ``MemoryState``, so whole == pieces == token by token.
-Page decisions are not differentiable; gradients reach s and the signal's projections through α.
+Page decisions are not differentiable; gradients reach s and the signal's projections through α. For the same
+reason the switch budget is a hard cap rather than a penalty on the loss (a penalty on switch counts has no
+gradient, so it would change nothing but the reported loss).
 """
 
 from __future__ import annotations
@@ -96,7 +102,8 @@ class SymplecticPaging(nn.Module):
                  symplectic_page_threshold: float | None = None, page_threshold_units: str = "raw",
                  page_routing: str = "sequential", coarse_pages: int = 1, fine_pages: int | None = None,
                  hierarchy_mix: float = 1.0, kinetics_coupling: bool = False, kinetics_mix: float = 0.0,
-                 kinetics_eps: float = 1e-6, complexity: dict[str, Any] | None = None):
+                 kinetics_eps: float = 1e-6, page_switch_budget: int | None = None, page_switch_window: int = 8,
+                 complexity: dict[str, Any] | None = None):
         super().__init__()
         if isinstance(num_pages, bool) or not isinstance(num_pages, int) or num_pages < 1:
             raise ValueError(f"num_pages must be an integer >= 1, got {num_pages!r}")
@@ -129,6 +136,14 @@ class SymplecticPaging(nn.Module):
             if coarse_pages * fine_pages != num_pages:
                 raise ValueError(f"coarse_pages × fine_pages must equal num_pages: {coarse_pages} × {fine_pages} "
                                  f"!= {num_pages}")
+        if page_switch_budget is not None:
+            budget = page_switch_budget
+            if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+                raise ValueError(f"page_switch_budget must be an integer >= 0 or None, got {page_switch_budget!r}")
+            if num_pages < 2:
+                raise ValueError("page_switch_budget caps page changes; it needs num_pages > 1")
+        if isinstance(page_switch_window, bool) or not isinstance(page_switch_window, int) or page_switch_window < 1:
+            raise ValueError(f"page_switch_window must be an integer >= 1, got {page_switch_window!r}")
         self.hierarchy_mix = _check_mix("hierarchy_mix", hierarchy_mix)
         self.kinetics_mix = _check_mix("kinetics_mix", kinetics_mix)
         if isinstance(kinetics_eps, bool) or not isinstance(kinetics_eps, (int, float)) or not kinetics_eps > 0:
@@ -140,6 +155,7 @@ class SymplecticPaging(nn.Module):
         self.dim, self.heads, self.pages, self.chunk_size = dim, heads, num_pages, chunk_size
         self.routing, self.coarse_pages, self.fine_pages = page_routing, coarse_pages, fine_pages
         self.kinetics, self.kinetics_eps = bool(kinetics_coupling), float(kinetics_eps)
+        self.switch_budget, self.switch_window = page_switch_budget, page_switch_window
         self.signal = ComplexitySignal(dim, twist=use_symplectic_gating, dmd=use_dmd_gating,
                                        **(complexity or {})) if gating else None
         if page_routing == "manifold" and num_pages > 1 and not (self.signal and self.signal.has_manifold_state):
@@ -156,6 +172,8 @@ class SymplecticPaging(nn.Module):
         if num_pages > 1:
             self.register_buffer("page_switch_events", torch.zeros((), dtype=torch.long))
             self.register_buffer("page_threshold_crossings", torch.zeros((), dtype=torch.long))
+        if page_switch_budget is not None:
+            self.register_buffer("page_switches_blocked", torch.zeros((), dtype=torch.long))
 
     @property
     def active(self) -> bool:
@@ -173,17 +191,25 @@ class SymplecticPaging(nn.Module):
                   if p is not None]
         return sum(torch.sigmoid(p) for p in logits) / len(logits)
 
-    def _decide(self, page: Tensor, cmax: Tensor, phase: Tensor | None) -> Tensor:
-        """The page of the next chunk, and the counters."""
+    def _decide(self, page: Tensor, cmax: Tensor, phase: Tensor | None,
+                history: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """The page of the next chunk and the updated switch history [B, W − 1] (budget only); the counters."""
         angle = None if phase is None else torch.atan2(phase[:, 1], phase[:, 0])
         crossed = cmax > self.raw_threshold
         target = route_pages(page, cmax, angle, self.pages, self.routing, self.coarse_pages, self.fine_pages,
                              self.hierarchy_mix)
-        new = torch.where(crossed, target, page)
+        wanted = crossed & (target != page)
+        allowed = wanted
+        if history is not None:
+            allowed = wanted & (history.sum(1) < self.switch_budget)
+        new = torch.where(allowed, target, page)
         with torch.no_grad():
             self.page_threshold_crossings += crossed.sum()
-            self.page_switch_events += (new != page).sum()
-        return new
+            self.page_switch_events += allowed.sum()
+            if history is not None:
+                self.page_switches_blocked += (wanted & ~allowed).sum()
+                history = torch.cat([history, allowed.long().unsqueeze(1)], 1)[:, 1:]
+        return new, history
 
     def forward(self, x: Tensor, gates: dict[str, Tensor], state: MemoryState) -> tuple[dict[str, Tensor], dict]:
         """Gates [B, H, T] by name -> the modulated gates, and the state fields to carry (``MemoryState``)."""
@@ -205,6 +231,9 @@ class SymplecticPaging(nn.Module):
         lr_sum = state.chunk_lr_sum if state.chunk_lr_sum is not None else x.new_zeros(b, h)
         page = state.active_page if state.active_page is not None else torch.zeros(b, dtype=torch.long,
                                                                                    device=x.device)
+        history = state.switch_history
+        if self.switch_budget is not None and history is None:
+            history = torch.zeros(b, self.switch_window - 1, dtype=torch.long, device=x.device)
         head_page = torch.arange(h, device=x.device) // self.heads
         lr, forget, eta = gates["lr"], gates.get("forget"), gates.get("momentum")
         parts: dict[str, list[Tensor]] = {"lr": [], "forget": [], "momentum": []}
@@ -244,7 +273,8 @@ class SymplecticPaging(nn.Module):
             offset, start = offset + n, start + n
             if offset == self.chunk_size:  # boundary: decide the next chunk's page, restart the running stats
                 if self.pages > 1:
-                    page = self._decide(page, run_max.detach(), run_phase if phase is not None else None)
+                    page, history = self._decide(page, run_max.detach(), run_phase if phase is not None else None,
+                                                 history)
                 offset, run_max, run_phase, lr_sum = 0, zeros, torch.zeros_like(run_phase), torch.zeros_like(lr_sum)
         new_gates = dict(gates)
         for name, pieces in parts.items():
@@ -259,8 +289,11 @@ class SymplecticPaging(nn.Module):
             carry["chunk_lr_sum"] = lr_sum
         if self.pages > 1:
             carry["active_page"] = page
+        if history is not None:
+            carry["switch_history"] = history
         return new_gates, carry
 
     def extra_repr(self) -> str:
+        budget = "" if self.switch_budget is None else f", switch_budget={self.switch_budget}/{self.switch_window}"
         return (f"pages={self.pages}, routing={self.routing!r}, threshold={self.threshold} "
-                f"({self.threshold_units}), kinetics_mix={self.kinetics_mix if self.kinetics else None}")
+                f"({self.threshold_units}), kinetics_mix={self.kinetics_mix if self.kinetics else None}{budget}")

@@ -5,9 +5,9 @@ with M(k) = W k). A call may end inside a chunk; ``ref`` then holds that chunk's
 there) and ``offset`` how many of its tokens are done. ``rule`` names the rule that made the state, so a state is
 never silently read by another rule (shapes, dtype and batch are read off the tensors themselves).
 
-The ``signal_*``, ``chunk_*`` and ``active_page`` fields belong to a memory layer's complexity gating and paging
-(``ttmem.layers.paging``): the engine neither reads nor writes them, the layer carries them from call to call.
-They stay None when those options are off.
+The ``signal_*``, ``chunk_*``, ``active_page`` and ``switch_history`` fields belong to a memory layer's complexity
+gating and paging (``ttmem.layers.paging``): the engine neither reads nor writes them, the layer carries them from
+call to call. They stay None when those options are off.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class MemoryState:
     chunk_phase: Tensor | None = None             # running Σ cos, Σ sin of its manifold-state angles [B, 2]
     chunk_lr_sum: Tensor | None = None            # running Σ of step sizes over that chunk (kinetics) [B, H]
     active_page: Tensor | None = None             # page that receives writes, per sample [B] (integer)
+    switch_history: Tensor | None = None          # page changes at the last W − 1 boundaries (switch budget) [B, W−1]
 
     def _map(self, fn) -> MemoryState:
         changes = {}
