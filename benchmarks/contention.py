@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python benchmarks/contention.py --busy 0 2 --policies default threads1 passive
 
-Each (policy, K) cell runs the main job's model and batch (``mac-tiny``, 16 × 128 bytes, AdamW; the
+Each (policy, K) cell runs the main job's model and batch (``lmm_linear-tiny``, 16 × 128 bytes, AdamW; the
 ``ttmem train`` defaults) in a fresh process for ``--steps`` steps after one warm-up step, while K busy
 processes (pure Python loops, one core each at full demand) run beside it; the median step time is reported,
 and its ratio to the same policy's idle time. A fair share of the cores predicts a ratio of (K + n) / n where n
@@ -86,7 +86,7 @@ def measure(policy: str, busy: int, model: str, batch: int, seq: int, steps: int
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="mac-tiny")
+    parser.add_argument("--model", default="lmm_linear-tiny")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
