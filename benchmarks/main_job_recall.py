@@ -73,8 +73,7 @@ def main() -> None:
         for spec in args.models.split(","):
             for seed in (int(s) for s in args.seeds.split(",")):
                 runs.append(run_study(spec, {}, RecallStudy(seed=seed, steps=args.steps), progress=True))
-                for run in runs:
-                    run.pop("losses", None)
+                runs[-1].pop("losses")  # the JSON keeps scores, not curves
                 record = {"machine": {"platform": platform.platform(), "torch": torch.__version__,
                                       "threads": torch.get_num_threads()}, "runs": runs}
                 args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ counts, and the main job writing the study into its report, reused on a second r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -123,7 +124,7 @@ def test_main_job_reports_recall_and_reuses_it(tmp_path: Path, capsys):
 def test_studies_side_by_side_equal_studies_one_after_another(tmp_path):
     from ttmem.eval.recall_study import run_studies
 
-    study = RecallStudy(**{**STUDY.__dict__, "steps": 3, "eval_examples": 4})
+    study = dataclasses.replace(STUDY, steps=3, eval_examples=4)
     specs = {"lmm_linear-tiny": {}, "swa_transformer-tiny": {}}
     results = {
         workers: run_studies({s: (tmp_path / f"{workers}-{s}.json", s, a) for s, a in specs.items()}, study,

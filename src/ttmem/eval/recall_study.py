@@ -97,13 +97,11 @@ class RecallStudy:
         return out
 
 
-def preset_arch(spec: str) -> str:
-    """The architecture of a preset name ("lmm-tiny" → "lmm"); a ValueError for specs that are not presets."""
+def is_preset(spec: str) -> bool:
+    """Whether a model spec names a preset (the recall study rebuilds only those), not a FILE.py:FACTORY."""
     from ttmem.models.presets import MODEL_PRESETS
 
-    if ":" in spec or spec not in MODEL_PRESETS:
-        raise ValueError(f"the recall study rebuilds models from presets; '{spec}' is not one")
-    return spec.rsplit("-", 1)[0]
+    return ":" not in spec and spec in MODEL_PRESETS
 
 
 def build_study_model(spec: str, model_args: Mapping[str, Any], study: RecallStudy) -> nn.Module:
@@ -111,7 +109,8 @@ def build_study_model(spec: str, model_args: Mapping[str, Any], study: RecallStu
     kept, and its SwiGLU width solved to match the Transformer's parameter count at that shape."""
     from ttmem.models import build_model, count_parameters
 
-    preset_arch(spec)
+    if not is_preset(spec):
+        raise ValueError(f"the recall study rebuilds models from presets; '{spec}' is not one")
     kept = {k: v for k, v in model_args.items() if k not in SHAPE_KEYS}
     shape = study.shape()
     target = count_parameters(build_model("transformer-tiny", mlp_ratio=study.mlp_ratio, **shape))

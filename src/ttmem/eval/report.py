@@ -25,8 +25,7 @@ import torch
 from ttmem.data import get_tokenizer, needle_example
 from ttmem.eval.pipeline import evaluate_model, format_table, load_trained, report_depths
 from ttmem.eval.recall import save_heatmap
-from ttmem.eval.recall_study import RecallStudy, plot_recall, recall_rows, run_studies
-from ttmem.models.presets import MODEL_PRESETS
+from ttmem.eval.recall_study import RecallStudy, is_preset, plot_recall, recall_rows, run_studies
 from ttmem.train.checkpoint import list_checkpoints
 from ttmem.train.config import TrainConfig
 from ttmem.train.logs import read_log
@@ -131,7 +130,7 @@ def recall_study(config: TrainConfig, progress: bool = False) -> tuple[dict[str,
             config.baseline, baseline_config(config).model_args)
     if config.recall_reference not in ("", "none") and run_label(config.recall_reference) not in models:
         models[run_label(config.recall_reference)] = (config.recall_reference, {})
-    not_presets = [spec for spec, _ in models.values() if ":" in spec or spec not in MODEL_PRESETS]
+    not_presets = [spec for spec, _ in models.values() if not is_preset(spec)]
     if not_presets:
         return {}, f"the recall study rebuilds preset models; {not_presets[0]} is not a preset"
     study = RecallStudy(**{"seed": config.seed, **config.recall_args})
@@ -229,14 +228,13 @@ def write_report(config: TrainConfig, runs: dict[str, TrainResult], progress: bo
     (out_dir / "report.md").write_text("\n".join(lines))
     summary: dict[str, Any] = {
         name: {k: v for k, v in m.items() if not isinstance(v, np.ndarray)} for name, m in results.items()}
-    if recall:
-        summary["recall_study"] = {"rows": recall_rows(recall), "chance": next(iter(recall.values()))["chance"],
-                                   "reach": next(iter(recall.values()))["reach"]}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     table = format_table([{**r, **n} for r, n in zip(rows, needle_rows, strict=True)])
     if recall:
-        table = f"recall past the window (MQAR, chance {next(iter(recall.values()))['chance']:.3f}):\n" + \
-            format_table(recall_rows(recall)) + "\n\nlanguage modelling:\n" + table
+        first, study_rows = next(iter(recall.values())), recall_rows(recall)
+        summary["recall_study"] = {"rows": study_rows, "chance": first["chance"], "reach": first["reach"]}
+        table = (f"recall past the window (MQAR, chance {first['chance']:.3f}):\n" + format_table(study_rows)
+                 + "\n\nlanguage modelling:\n" + table)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return {"rows": rows, "report": str(out_dir / "report.md"), "plots": plots + (["recall.png"] if recall else []),
             "table": table, "recall": recall}
 
@@ -253,7 +251,7 @@ def run_main_job(
 def _check_recall_args(config: TrainConfig) -> None:
     """The recall study's overrides name its fields and build a valid study, and its reference model is a preset
     (checked before training)."""
-    if config.recall and config.recall_reference not in ("", "none") and config.recall_reference not in MODEL_PRESETS:
+    if config.recall and config.recall_reference not in ("", "none") and not is_preset(config.recall_reference):
         raise ValueError(f"config key 'recall_reference' must be a model preset or none, got "
                          f"'{config.recall_reference}'")
     if not config.recall_args:
