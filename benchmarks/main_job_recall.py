@@ -44,7 +44,7 @@ def table(runs: list[dict]) -> tuple[str, dict]:
 
 
 def verdict(by_model: dict, memory: str, window: str = "swa_transformer-tiny") -> list[str]:
-    if memory not in by_model or window not in by_model:
+    if memory == window or memory not in by_model or window not in by_model:
         return []
     out = []
     for seed in sorted(set(by_model[memory]) & set(by_model[window])):
