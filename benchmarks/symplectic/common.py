@@ -93,6 +93,10 @@ class AutoAssociative(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.memory(self.norm(x))[0]
 
+    def stream(self, x: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """The output and the memory state after x, continuing ``state`` (None: the learned initial memory)."""
+        return self.memory(self.norm(x), state)
+
     def switches(self) -> int:
         paging = self.memory.symplectic
         return int(paging.page_switch_events) if paging is not None and paging.pages > 1 else 0
@@ -112,6 +116,12 @@ class Variant:
 
 PHASE_QUORUM = dict(gated=True, diag=True, gate_mode="soft", phase_mix=0.5, quorum_mix=0.55, quorum_window=5,
                     quorum_threshold=0.25, quorum_temperature=0.1)
+
+
+def paged(dim: int, **extra: Any) -> dict[str, Any]:
+    """Two pages switched by the twist score, threshold 1.0 × its noise level."""
+    return dict(use_symplectic_gating=True, num_pages=2, symplectic_page_threshold=1.0,
+                page_threshold_units="noise", **extra)
 
 
 def phase_pairs(dim: int) -> int:
@@ -144,13 +154,22 @@ def build(variant: Variant, setup: Setup, seed: int) -> AutoAssociative:
 
 
 def train_steps(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Callable[[int], Tensor],
-                steps: int) -> tuple[list[float], float]:
-    """``steps`` Adam steps on MSE(model(x), x); (losses, ms per step)."""
+                steps: int, carry_state: bool = False) -> tuple[list[float], float]:
+    """``steps`` Adam steps on MSE(model(x), x); (losses, ms per step). ``carry_state``: each step's forward
+    continues the memory state (weights, active page, running statistics, switch history) the previous step
+    ended with, cut from the graph (the fork's ``--carry-state``); otherwise every step starts from the learned
+    initial memory and page 0."""
     losses = []
+    state = None
     start = time.perf_counter()
     for step in range(steps):
         x = batches(step)
-        loss = (model(x) - x).pow(2).mean()
+        if carry_state:
+            y, state = model.stream(x, state)
+            state = state.detach()
+        else:
+            y = model(x)
+        loss = (y - x).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -195,6 +214,53 @@ def time_models(models: dict[str, nn.Module], x: Tensor, rounds: int = 7) -> dic
                 if r:
                     times[name][key].append(1000 * (time.perf_counter() - start))
     return {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
+
+
+# -- transfer phases (long-horizon perturb-and-recover, interference A then B) -------------------------------
+
+
+def run_long_horizon(variant: Variant, setup: Setup, seed: int) -> dict[str, float]:
+    warm, pert, rec = setup.extra["long_steps"]
+    model = build(variant, setup, seed)
+    clean, perturbed = long_horizon_pair(setup.batch, setup.extra["long_len"], setup.dim,
+                                         torch.Generator().manual_seed(2000 + seed))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    train_steps(model, optimizer, lambda _: clean, warm)
+    pre, phase_pre = eval_mse(model, clean), phase_error(model, clean)
+    train_steps(model, optimizer, lambda _: perturbed, pert)
+    perturb = eval_mse(model, clean)
+    train_steps(model, optimizer, lambda _: clean, rec)
+    post, phase_post = eval_mse(model, clean), phase_error(model, clean)
+    return {"clean_mse_pre": pre, "perturb_mse": perturb, "clean_mse_post": post, "phase_err_pre": phase_pre,
+            "phase_err_post": phase_post, "mse_recovery_gain": pre - post,
+            "phase_recovery_gain": phase_pre - phase_post}
+
+
+def run_interference(variant: Variant, setup: Setup, seed: int) -> dict[str, float]:
+    """``setup.steps`` steps on task A, then as many on B; held-out MSE on A and B."""
+    steps = setup.steps
+    model = build(variant, setup, seed)
+    gen = torch.Generator().manual_seed(3000 + seed)
+
+    def batches(task: str):
+        return lambda _: interference_task(task, setup.batch, setup.seq_len, setup.dim, gen)
+
+    held = {t: interference_task(t, 4 * setup.batch, setup.seq_len, setup.dim,
+                                 torch.Generator().manual_seed(9000 + seed)) for t in "AB"}
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    losses_a, ms_a = train_steps(model, optimizer, batches("A"), steps)
+    pre_a = eval_mse(model, held["A"])
+    losses_b, ms_b = train_steps(model, optimizer, batches("B"), steps)
+    post_a, post_b = eval_mse(model, held["A"]), eval_mse(model, held["B"])
+    return {"pre_a_loss": pre_a, "post_a_loss": post_a, "post_b_loss": post_b, "forgetting_delta": post_a - pre_a,
+            "train_a_tail": tail(losses_a), "train_b_tail": tail(losses_b), "step_ms": (ms_a + ms_b) / 2,
+            "switch_rate": model.switches() / (2 * steps * setup.batch * (setup.seq_len // setup.chunk))}
+
+
+def transfer_score(long_horizon: dict[str, float], interference: dict[str, float]) -> float:
+    """The fork's transfer score without its latency term: clean MSE after recovery + 0.5 · phase error after
+    recovery + task-A MSE after training on B (lower is better)."""
+    return long_horizon["clean_mse_post"] + 0.5 * long_horizon["phase_err_post"] + interference["post_a_loss"]
 
 
 # -- reports -------------------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import search  # noqa: E402
+import transfer  # noqa: E402
 from common import (  # noqa: E402
     PHASE_QUORUM,
     AutoAssociative,
@@ -45,28 +46,22 @@ from common import (  # noqa: E402
     Variant,
     build,
     collect,
-    eval_mse,
     fmt,
     helix_drift,
-    interference_task,
-    long_horizon_pair,
     markdown_table,
-    phase_error,
+    paged,
     phase_pairs,
+    run_interference,
+    run_long_horizon,
     spiral,
     tail,
     time_models,
     train_steps,
+    transfer_score,
     write_report,
 )
 
 TASKS = {"spiral": spiral, "helix_drift": helix_drift}
-
-
-def paged(dim: int, **extra: Any) -> dict[str, Any]:
-    """Two pages switched by the twist score, threshold 1.0 × its noise level."""
-    return dict(use_symplectic_gating=True, num_pages=2, symplectic_page_threshold=1.0,
-                page_threshold_units="noise", **extra)
 
 
 def symplectic_variants(dim: int) -> dict[str, Variant]:
@@ -90,34 +85,18 @@ def symplectic_variants(dim: int) -> dict[str, Variant]:
 
 
 def train_task(variant: Variant, setup: Setup, seed: int, task: str) -> tuple[list[float], float, AutoAssociative]:
-    """A fresh model trained ``setup.steps`` steps on one fixed sequence of ``task``: (losses, ms per step, model)."""
+    """A fresh model trained ``setup.steps`` steps on one fixed sequence of ``task``: (losses, ms per step, model);
+    ``setup.extra["carry_state"]`` carries the memory state from step to step (``train_steps``)."""
     model = build(variant, setup, seed)
     data = TASKS[task](setup.batch, setup.seq_len, setup.dim, torch.Generator().manual_seed(1000 + seed))
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses, ms = train_steps(model, optimizer, lambda _: data, setup.steps)
+    losses, ms = train_steps(model, optimizer, lambda _: data, setup.steps, setup.extra.get("carry_state", False))
     return losses, ms, model
 
 
 def run_task(variant: Variant, setup: Setup, seed: int, task: str) -> tuple[float, float, int]:
     losses, ms, model = train_task(variant, setup, seed, task)
     return tail(losses), ms, model.switches()
-
-
-def run_long_horizon(variant: Variant, setup: Setup, seed: int) -> dict[str, float]:
-    warm, pert, rec = setup.extra["long_steps"]
-    model = build(variant, setup, seed)
-    clean, perturbed = long_horizon_pair(setup.batch, setup.extra["long_len"], setup.dim,
-                                         torch.Generator().manual_seed(2000 + seed))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    train_steps(model, optimizer, lambda _: clean, warm)
-    pre, phase_pre = eval_mse(model, clean), phase_error(model, clean)
-    train_steps(model, optimizer, lambda _: perturbed, pert)
-    perturb = eval_mse(model, clean)
-    train_steps(model, optimizer, lambda _: clean, rec)
-    post, phase_post = eval_mse(model, clean), phase_error(model, clean)
-    return {"clean_mse_pre": pre, "perturb_mse": perturb, "clean_mse_post": post, "phase_err_pre": phase_pre,
-            "phase_err_post": phase_post, "mse_recovery_gain": pre - post,
-            "phase_recovery_gain": phase_pre - phase_post}
 
 
 def protocol_symplectic(setup: Setup) -> tuple[dict, list, list[str]]:
@@ -167,27 +146,6 @@ def interference_variants(dim: int) -> dict[str, Variant]:
         "manifold_paging": Variant(1, paged(dim, page_routing="manifold", complexity=keyed),
                                    "2 pages keyed on the manifold state, phase-quorum gate"),
     }
-
-
-def run_interference(variant: Variant, setup: Setup, seed: int) -> dict[str, float]:
-    """``setup.steps`` steps on task A, then as many on B; held-out MSE on A and B."""
-    steps = setup.steps
-    model = build(variant, setup, seed)
-    gen = torch.Generator().manual_seed(3000 + seed)
-
-    def batches(task: str):
-        return lambda _: interference_task(task, setup.batch, setup.seq_len, setup.dim, gen)
-
-    held = {t: interference_task(t, 4 * setup.batch, setup.seq_len, setup.dim,
-                                 torch.Generator().manual_seed(9000 + seed)) for t in "AB"}
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    losses_a, ms_a = train_steps(model, optimizer, batches("A"), steps)
-    pre_a = eval_mse(model, held["A"])
-    losses_b, ms_b = train_steps(model, optimizer, batches("B"), steps)
-    post_a, post_b = eval_mse(model, held["A"]), eval_mse(model, held["B"])
-    return {"pre_a_loss": pre_a, "post_a_loss": post_a, "post_b_loss": post_b, "forgetting_delta": post_a - pre_a,
-            "train_a_tail": tail(losses_a), "train_b_tail": tail(losses_b), "step_ms": (ms_a + ms_b) / 2,
-            "switch_rate": model.switches() / (2 * steps * setup.batch * (setup.seq_len // setup.chunk))}
 
 
 def protocol_interference(setup: Setup) -> tuple[dict, list, list[str]]:
@@ -335,10 +293,10 @@ def mutation_fitness(variant: Variant, setup: Setup, seeds: tuple[int, ...]) -> 
         run["classic"] = (spiral_loss + helix_loss) / 2 + latency * run["step_ms"]
         run["fitness"] = run["classic"]
         if weight > 0:
-            long = run_long_horizon(variant, setup, seed)
-            post_a = run_interference(variant, setup, seed)["post_a_loss"]
-            run.update(clean_mse_post=long["clean_mse_post"], phase_err_post=long["phase_err_post"], post_a_loss=post_a)
-            run["transfer"] = long["clean_mse_post"] + 0.5 * long["phase_err_post"] + post_a
+            long, interference = run_long_horizon(variant, setup, seed), run_interference(variant, setup, seed)
+            run.update(clean_mse_post=long["clean_mse_post"], phase_err_post=long["phase_err_post"],
+                       post_a_loss=interference["post_a_loss"])
+            run["transfer"] = transfer_score(long, interference)
             run["fitness"] = (1 - weight) * run["classic"] + weight * run["transfer"]
         runs.append(run)
     return {k: sum(r[k] for r in runs) / len(runs) for k in runs[0]} | {"per_seed": runs}
@@ -378,7 +336,11 @@ def protocol_mutation(setup: Setup) -> tuple[dict, list, list[str]]:
 
 PROTOCOLS = {"symplectic": protocol_symplectic, "interference": protocol_interference,
              "threshold": protocol_threshold, "variants": protocol_variants, "kinetics": protocol_kinetics,
-             "budget": protocol_budget, "mutation": protocol_mutation, "mutation_transfer": protocol_mutation}
+             "budget": protocol_budget, "mutation": protocol_mutation, "mutation_transfer": protocol_mutation,
+             "codebook_sweep": transfer.protocol_codebook_sweep,
+             "codebook_transfer": transfer.protocol_codebook_transfer,
+             "manifold_transfer": transfer.protocol_manifold_transfer}
+LONG_HORIZON_PROTOCOLS = ("symplectic", "codebook_transfer", "manifold_transfer")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -390,11 +352,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk", type=int, default=8)
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated torch seeds")
-    p.add_argument("--long-len", type=int, default=192, help="long-horizon sequence length (symplectic)")
+    p.add_argument("--long-len", type=int, default=192, help="long-horizon sequence length (symplectic, *_transfer)")
     p.add_argument("--long-steps", default="20,10,10", help="long-horizon warm-up, perturb, recovery steps")
     p.add_argument("--dims", default="16,64", help="widths of the threshold sweep")
     p.add_argument("--budgets", default="4,2,1,0", help="switch budgets K of the budget sweep")
     p.add_argument("--switch-window", type=int, default=8, help="chunk boundaries per switch budget window")
+    p.add_argument("--carry-state", action="store_true", help="budget: each training step continues the memory "
+                   "state (weights, active page, switch history) the previous step ended with, detached")
+    p.add_argument("--codebook-mixes", default="0.5,0.7", help="codebook_sweep: codebook blends κ > 0 (κ = 0 is "
+                   "always a trial)")
+    p.add_argument("--codebook-sizes", default="8,16,24", help="codebook_sweep: codebook sizes K")
+    p.add_argument("--codebook-topks", default="none,2,4", help="codebook_sweep: top-k values ('none': all codes)")
     p.add_argument("--population", type=int, default=8, help="mutation search: candidates per generation")
     p.add_argument("--generations", type=int, default=4)
     p.add_argument("--elites", type=int, default=3)
@@ -416,7 +384,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     extra: dict[str, Any] = {}
-    if args.protocol == "symplectic":
+    if args.protocol in LONG_HORIZON_PROTOCOLS:
         extra = {"long_len": args.long_len, "long_steps": [int(s) for s in args.long_steps.split(",")]}
     if args.protocol == "threshold":
         extra = {"dims": [int(d) for d in args.dims.split(",")]}
@@ -427,7 +395,12 @@ def main(argv: list[str] | None = None) -> dict:
                  "transfer_weight": args.transfer_weight if args.protocol == "mutation_transfer" else 0.0,
                  "long_len": args.long_len, "long_steps": [int(s) for s in args.long_steps.split(",")]}
     if args.protocol == "budget":
-        extra = {"budgets": [int(k) for k in args.budgets.split(",")], "switch_window": args.switch_window}
+        extra = {"budgets": [int(k) for k in args.budgets.split(",")], "switch_window": args.switch_window,
+                 "carry_state": args.carry_state}
+    if args.protocol == "codebook_sweep":
+        extra = {"codebook_mixes": [float(k) for k in args.codebook_mixes.split(",")],
+                 "codebook_sizes": [int(k) for k in args.codebook_sizes.split(",")],
+                 "codebook_topks": [None if k == "none" else int(k) for k in args.codebook_topks.split(",")]}
     setup = Setup(args.dim, args.seq_len, args.batch, args.chunk, args.steps,
                   tuple(int(s) for s in args.seeds.split(",")), extra)
     metrics, checks, table = PROTOCOLS[args.protocol](setup)

@@ -30,17 +30,28 @@ Design choices:
 - Both memories' states are the engine's ``MemoryState``: whole / pieces / token-by-token runs agree exactly.
 - ``commit(state)`` makes the state's fast weights the starting weights (test-time adaptation that
   persists across calls; ``LanguageModel.adaptation_scope`` undoes it).
+- ``symplectic={...}``: the complexity gating, memory pages and kinetics of ``paging.SymplecticPaging`` act on the
+  main memory's generated step size, forget rate and momentum exactly as in ``NeuralMemory`` (the signal reads the
+  layer's input; the page, running statistics and switch history live in the main memory's ``MemoryState``).
+  With P pages the main memory holds P · heads internal heads (page-major) with their own query slice, initial
+  weights, step and forget rows of the projection memories, and momentum gate; the generated keys and values are
+  shared by the pages, since the projection memories' self-referential targets live in the input space (the
+  fork's pages had their own key and value projections; here those projections are the memories themselves).
+  The projection memories are not gated or paged: their rule has no forget gate for the signal to slow and one
+  head to page. With it None (the default) the layer is exactly the one above.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ttmem.layers.paging import SymplecticPaging
 from ttmem.memory import MemoryState, get_rule, initial_state, read_chunk_start, run_memory
 
 
@@ -57,35 +68,46 @@ class SelfModifyingState:
 
 
 class SelfModifyingMemory(nn.Module):
-    """x: [B, T, dim] -> [B, T, dim]; heads * dim_head must equal dim (values feed the projections)."""
+    """x: [B, T, dim] -> [B, T, dim]; heads * dim_head must equal dim (values feed the projections).
 
-    def __init__(self, dim: int, heads: int, chunk_size: int = 16, rule: str = "titans") -> None:
+    ``symplectic``: keyword arguments of ``paging.SymplecticPaging`` for the main memory (module docstring)."""
+
+    def __init__(self, dim: int, heads: int, chunk_size: int = 16, rule: str = "titans",
+                 symplectic: dict[str, Any] | None = None) -> None:
         super().__init__()
         if dim % heads != 0:
             raise ValueError(f"dim ({dim}) must be divisible by heads ({heads})")
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        if symplectic is not None and not isinstance(symplectic, dict):
+            raise TypeError(f"symplectic must be a dict of options or None, got {type(symplectic).__name__}")
         self.rule = get_rule(rule)
         self.projection_rule = get_rule("self_modifying")
         self.dim, self.heads, self.dim_head, self.chunk_size = dim, heads, dim // heads, chunk_size
-        self.to_query = nn.Linear(dim, dim, bias=False)
-        self.to_momentum = nn.Linear(dim, heads) if self.rule.momentum else None
-        outs = [dim, dim, heads] + ([heads] if self.rule.forgetting else [])
+        self.symplectic, self.pages = None, 1
+        if symplectic:
+            paging = SymplecticPaging(dim, heads, chunk_size, self.rule, **symplectic)
+            if paging.active:
+                self.symplectic, self.pages = paging, paging.pages
+        inner = heads * self.pages  # internal heads of the main memory, page-major
+        self.to_query = nn.Linear(dim, self.pages * dim, bias=False)
+        self.to_momentum = nn.Linear(dim, inner) if self.rule.momentum else None
+        outs = [dim, dim, inner] + ([inner] if self.rule.forgetting else [])
         self.projection_init = nn.ParameterList(nn.Parameter(torch.randn(o, dim) / math.sqrt(dim)) for o in outs)
-        self.step_bias = nn.Parameter(torch.full((heads,), -2.0))
-        self.forget_bias = nn.Parameter(torch.full((heads,), -4.0)) if self.rule.forgetting else None
+        self.step_bias = nn.Parameter(torch.full((inner,), -2.0))
+        self.forget_bias = nn.Parameter(torch.full((inner,), -4.0)) if self.rule.forgetting else None
         self.memory_init = nn.ParameterList(
-            nn.Parameter(w) for w in self.rule.initial_weights(heads, self.dim_head, self.dim_head)
+            nn.Parameter(w) for w in self.rule.initial_weights(inner, self.dim_head, self.dim_head)
         )
         self.out_norm = nn.RMSNorm(self.dim_head)
-        self.to_out_gate = nn.Linear(dim, dim, bias=False)
-        self.to_out = nn.Linear(dim, dim, bias=False)
+        self.to_out_gate = nn.Linear(dim, self.pages * dim, bias=False)
+        self.to_out = nn.Linear(self.pages * dim, dim, bias=False)
 
     def initial_state(self, batch: int) -> SelfModifyingState:
         """Learned starting weights for a new sequence."""
         stacked = torch.cat(tuple(self.projection_init), dim=0).unsqueeze(0)  # [1 head, outputs, dim]
         projections = initial_state(self.projection_rule, batch, 1, self.dim, stacked.shape[1], weights=(stacked,))
-        memory = initial_state(self.rule, batch, self.heads, self.dim_head, self.dim_head,
+        memory = initial_state(self.rule, batch, self.heads * self.pages, self.dim_head, self.dim_head,
                                weights=tuple(self.memory_init))
         return SelfModifyingState(projections, memory)
 
@@ -121,16 +143,27 @@ class SelfModifyingMemory(nn.Module):
             state = self.initial_state(batch)
         generated, projections = self._generate(x, state.projections)
         heads = (batch, length, self.heads, self.dim_head)  # then the engine layout [B, H, T, ·]
-        query = F.normalize(self.to_query(x).view(heads), dim=-1).transpose(1, 2)
+        query = F.normalize(self.to_query(x).view(batch, length, -1, self.dim_head), dim=-1).transpose(1, 2)
         key = F.normalize(generated[0].view(heads), dim=-1).transpose(1, 2)
         value = generated[1].view(heads).transpose(1, 2)
-        momentum = torch.sigmoid(self.to_momentum(x)).transpose(1, 2) if self.to_momentum is not None else None
-        keep = 1 - generated[3].transpose(1, 2) if self.forget_bias is not None else None
-        out, memory = run_memory(self.rule, query, key, value, generated[2].transpose(1, 2), keep, momentum, None,
+        if self.pages > 1:  # the pages share the generated keys and values
+            key, value = key.repeat(1, self.pages, 1, 1), value.repeat(1, self.pages, 1, 1)
+        gates = {"lr": generated[2].transpose(1, 2)}
+        if self.to_momentum is not None:
+            gates["momentum"] = torch.sigmoid(self.to_momentum(x)).transpose(1, 2)
+        if self.forget_bias is not None:
+            gates["forget"] = generated[3].transpose(1, 2)
+        carried = None
+        if self.symplectic is not None:
+            gates, carried = self.symplectic(x, gates, state.memory)
+        keep = 1 - gates["forget"] if "forget" in gates else None
+        out, memory = run_memory(self.rule, query, key, value, gates["lr"], keep, gates.get("momentum"), None,
                                  self.chunk_size, state.memory)
+        if carried is not None:
+            memory = replace(memory, **carried)
         out = out.transpose(1, 2)
         state = SelfModifyingState(projections, memory)
-        out = self.out_norm(out).reshape(batch, length, self.dim) * F.silu(self.to_out_gate(x))
+        out = self.out_norm(out).reshape(batch, length, self.pages * self.dim) * F.silu(self.to_out_gate(x))
         return self.to_out(out), state
 
     @torch.no_grad()

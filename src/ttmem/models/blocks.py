@@ -105,7 +105,8 @@ def mal_block(config: ModelConfig) -> list[tuple[nn.Module, bool]]:
 
 def hope_block(config: ModelConfig) -> list[tuple[nn.Module, bool]]:
     """Self-modifying Titans layer, then the continuum memory levels, fastest first."""
-    mixer = SelfModifyingMemory(config.dim, config.heads, config.chunk_size, config.rule)
+    mixer = SelfModifyingMemory(config.dim, config.heads, config.chunk_size, config.rule,
+                                symplectic=config.memory_options())
     levels = [ContinuumLevel(config.dim, period, config.mlp_ratio) for period in sorted(config.cms_periods)]
     return [(mixer, True)] + [(level, True) for level in levels]
 

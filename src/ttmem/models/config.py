@@ -40,9 +40,10 @@ DEFAULT_MEMORY_RULES = {
     "hope": "titans",
     "theta_lm": "theta",
 }
-# Architectures whose memory layers are NeuralMemory (the ones the symplectic / paging options reach).
-NEURAL_MEMORY_ARCHITECTURES = ("linear_attention", "deltanet", "gated_deltanet", "lmm", "mac", "mag", "mal",
-                               "theta_lm")
+# Architectures the symplectic / paging options reach: those whose memory layers are NeuralMemory, and HOPE,
+# whose self-modifying layer's main memory takes them (its continuum levels and projection memories do not).
+MEMORY_OPTION_ARCHITECTURES = ("linear_attention", "deltanet", "gated_deltanet", "lmm", "mac", "mag", "mal",
+                               "theta_lm", "hope")
 FIXED_RULE_ARCHITECTURES = {
     "linear_attention": ("linear_attention",),
     "deltanet": ("delta",),
@@ -64,8 +65,9 @@ class ModelConfig:
     cms_periods (HOPE continuum memory update periods C^(l), fastest first); tie_embeddings;
     norm_eps; rotary_base.
 
-    Complexity gating, memory pages and kinetics of the NeuralMemory layers (``ttmem.layers.paging``; all
-    off by default; architectures lmm, mac, mag, mal and the linear-memory baselines):
+    Complexity gating, memory pages and kinetics of the memory layers (``ttmem.layers.paging``; all off by
+    default; architectures lmm, mac, mag, mal, the linear-memory baselines, and hope, where they act on the main
+    memory of the self-modifying layer, not on the continuum levels):
     use_symplectic_gating (twist-score gating of the forget rate); use_dmd_gating (DMD-score gating; both
     on = their even blend); num_pages (pages of ``heads`` memory heads, one written at a time);
     symplectic_page_threshold (switch when a chunk's max complexity exceeds it; None = 0.5, 0.4 with DMD,
@@ -133,10 +135,10 @@ class ModelConfig:
         options = self.memory_options()
         if options is None:
             return
-        if self.arch not in NEURAL_MEMORY_ARCHITECTURES:
+        if self.arch not in MEMORY_OPTION_ARCHITECTURES:
             raise ValueError(f"use_symplectic_gating, use_dmd_gating, num_pages and kinetics_mix configure "
-                             f"NeuralMemory layers; arch {self.arch!r} has none "
-                             f"(use one of {', '.join(NEURAL_MEMORY_ARCHITECTURES)})")
+                             f"memory layers; arch {self.arch!r} has none "
+                             f"(use one of {', '.join(MEMORY_OPTION_ARCHITECTURES)})")
         import torch
 
         from ttmem.layers.paging import SymplecticPaging
