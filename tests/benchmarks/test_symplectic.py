@@ -105,3 +105,92 @@ def test_a_tiny_transfer_search_writes_its_finalists(tmp_path):
         expected = 0.5 * cell["classic"]["mean"] + 0.5 * cell["transfer"]["mean"]  # default transfer weight
         assert abs(cell["fitness"]["mean"] - expected) < 1e-12
         assert abs(cell["classic"]["mean"] - (cell["spiral"]["mean"] + cell["helix_drift"]["mean"]) / 2) < 1e-12
+
+
+def test_carry_state_continues_the_memory_from_step_to_step():
+    import common
+    import torch
+
+    torch.manual_seed(0)
+    options = dict(use_symplectic_gating=True, num_pages=2, symplectic_page_threshold=0.0)
+    model = common.AutoAssociative(8, 1, 4, options)
+    xs = [torch.randn(2, 10, 8, generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    frozen = torch.optim.SGD(model.parameters(), lr=0.0)  # parameters stay put: only the memory state moves
+    carried, _ = common.train_steps(model, frozen, lambda step: xs[step], 3, carry_state=True)
+    fresh, _ = common.train_steps(model, frozen, lambda step: xs[step], 3)
+    state, expected = None, []
+    with torch.no_grad():
+        for x in xs:  # the reference: one stream over the three batches
+            y, state = model.memory(model.norm(x), state)
+            expected.append((y - x).pow(2).mean().item())
+        assert fresh == [(model(x) - x).pow(2).mean().item() for x in xs]
+    assert carried == pytest.approx(expected, rel=1e-6) and carried[1:] != fresh[1:]
+
+
+def test_the_budget_holds_across_steps_when_the_state_is_carried(tmp_path):
+    out = tmp_path / "budget.json"
+    args = ["budget", "--dim", "8", "--seq-len", "16", "--chunk", "4", "--batch", "2", "--steps", "4", "--seeds", "0",
+            "--budgets", "1", "--switch-window", "8", "--out", str(out)]
+    bench.main([*args, "--carry-state"])
+    data = json.loads(out.read_text())
+    assert data["config"]["carry_state"] is True
+    # 4 steps of 4 boundaries form one stream of 16 boundaries: at most 1 change in any 8, so 2 per sample
+    for task in ("spiral", "helix_drift"):
+        assert data["metrics"]["budget_1"][task]["switch_rate"]["mean"] <= 2 / 16
+    assert data["metrics"]["unconstrained"]["spiral"]["switch_rate"]["mean"] > 2 / 16
+
+
+def test_multi_motif_marks_the_motif_changes_and_their_neighbours():
+    import torch
+    import transfer
+
+    x, mask = transfer.multi_motif(2, 40, 8, torch.Generator().manual_seed(0))
+    changes = [t for t in range(1, 40) if (t // 4) % 2 != ((t - 1) // 4) % 2]  # segments of max(4, 40 // 16) = 4
+    assert mask.nonzero().flatten().tolist() == sorted({p for t in changes for p in (t - 1, t, t + 1) if p < 40})
+    assert torch.equal(x[0, :, 2] + x[0, :, 3], torch.ones(40)) and torch.equal(x[0, 4:8, 3], torch.ones(4))
+
+
+def test_a_tiny_codebook_sweep_scores_and_ranks_its_grid(tmp_path):
+    out = tmp_path / "sweep.json"
+    bench.main(["codebook_sweep", "--dim", "8", "--seq-len", "32", "--chunk", "4", "--batch", "2", "--steps", "1",
+                "--seeds", "0,1", "--codebook-mixes", "0.5", "--codebook-sizes", "2,4", "--codebook-topks", "none,3",
+                "--out", str(out)])
+    metrics = json.loads(out.read_text())["metrics"]
+    trials = metrics["trials"]
+    # top-k 3 > K 2 is skipped; κ = 0 is one trial; the 2-head control and the baseline stand beside the grid
+    assert set(trials) == {"codebook_off", "mix0.5_k2_topall", "mix0.5_k4_topall", "mix0.5_k4_top3", "same_heads",
+                           "baseline"}
+    assert trials["mix0.5_k4_top3"]["params"] == {"codebook_mix": 0.5, "codebook_size": 4, "codebook_topk": 3}
+    assert trials["same_heads"]["internal_heads"] == 2 and trials["codebook_off"]["internal_heads"] == 2
+    for cell in trials.values():
+        for score, boundary, total in zip(cell["score"]["values"], cell["mse_boundary"]["values"],
+                                          cell["mse_total"]["values"], strict=True):
+            assert score == pytest.approx(0.7 * boundary + 0.3 * total, rel=1e-12)
+    means = [trials[n]["score"]["mean"] for n in metrics["ranking"]]
+    assert means == sorted(means) and metrics["best"] == metrics["ranking"][0]
+    assert set(metrics["ranking"]) == set(trials) - {"same_heads", "baseline"}
+
+
+@pytest.mark.parametrize("protocol, candidate, others", [
+    ("codebook_transfer", "codebook_champion_paging",
+     {"baseline", "same_heads", "symplectic_paging", "phase_quorum_paging"}),
+    ("manifold_transfer", "manifold_keyed_paging", {"baseline", "same_heads", "threshold_paging"}),
+])
+def test_a_tiny_transfer_comparison_pairs_its_seeds(tmp_path, protocol, candidate, others):
+    out = tmp_path / "t.json"
+    bench.main([protocol, "--dim", "8", "--seq-len", "16", "--chunk", "4", "--batch", "2", "--steps", "1",
+                "--seeds", "0,1", "--long-len", "16", "--long-steps", "1,1,1", "--out", str(out)])
+    data = json.loads(out.read_text())
+    metrics = data["metrics"]
+    assert set(metrics["ranking"]) == others | {candidate} and data["config"]["long_len"] == 16
+    for name in metrics["ranking"]:
+        cell = metrics[name]
+        parts = zip(cell["long_horizon"]["clean_mse_post"]["values"], cell["long_horizon"]["phase_err_post"]["values"],
+                    cell["interference"]["post_a_loss"]["values"], cell["transfer_score"]["values"], strict=True)
+        for clean, phase, post_a, score in parts:
+            assert score == pytest.approx(clean + 0.5 * phase + post_a, rel=1e-12)
+    assert metrics["winner"] == min(metrics["ranking"], key=lambda n: metrics[n]["transfer_score"]["mean"])
+    for other in others:
+        pct = metrics["comparisons"][f"{candidate}_vs_{other}"]["transfer_score_pct"]["values"]
+        ref, cand = metrics[other]["transfer_score"]["values"], metrics[candidate]["transfer_score"]["values"]
+        assert pct == pytest.approx([(r - c) / r * 100 for r, c in zip(ref, cand, strict=True)], rel=1e-9)
