@@ -3,7 +3,11 @@ step, and the compiled function gives the eager results (fp32 tolerance).
 
 The default suite traces with the ``aot_eager`` backend (Dynamo plus AOTAutograd's forward and backward graphs,
 no code generation: seconds) for the memory layer and MAC; the other architectures (all pass) and inductor's
-code generation (minutes on a CPU for an unrolled chunk loop) are marked slow."""
+code generation (minutes on a CPU for an unrolled chunk loop) are marked slow.
+
+Complexity gating, pages and kinetics (``NeuralMemory(symplectic=...)``) compile with ``fullgraph=True`` too: page
+decisions are ``torch.where`` on tensors and the counters are in-place buffer updates, so nothing reads a value
+back to the host."""
 
 from __future__ import annotations
 
@@ -47,6 +51,31 @@ def test_memory_layer_compiles_without_graph_breaks(rule):
     torch.manual_seed(0)
     layer = NeuralMemory(16, heads=2, chunk_size=4, rule=rule)
     _compare(_layer_loss(layer), torch.randn(2, 10, 16), list(layer.parameters()), "aot_eager")
+
+
+PAGING = dict(use_symplectic_gating=True, num_pages=2, symplectic_page_threshold=0.0, kinetics_coupling=True,
+              kinetics_mix=0.5)
+
+
+def test_memory_layer_with_gating_pages_and_kinetics_compiles_without_graph_breaks():
+    torch.manual_seed(0)
+    layer = NeuralMemory(8, heads=1, chunk_size=4, symplectic=PAGING)
+    paging = layer.symplectic
+    x = torch.randn(2, 6, 8)  # one chunk boundary (a page decision) and a chunk in progress
+    _compare(_layer_loss(layer), x, list(layer.parameters()), "aot_eager")
+    # eager then compiled, each over 1 boundary × 2 samples, threshold 0: every boundary changes the page
+    assert int(paging.page_switch_events) == int(paging.page_threshold_crossings) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["lmm", "hope"])
+def test_model_with_gating_and_pages_compiles_without_graph_breaks(arch):
+    torch.manual_seed(0)
+    fields = dict(use_symplectic_gating=True, num_pages=2, symplectic_page_threshold=0.0, kinetics_mix=0.5,
+                  complexity_args={"phase_mix": 0.5, "quorum_mix": 0.3})
+    model = build_model(f"{arch}-tiny", **TINY, **fields, page_routing="manifold")
+    ids = torch.randint(0, 256, (2, 11))
+    _compare(_model_loss(model), ids, [p for p in model.parameters() if p.requires_grad], "aot_eager")
 
 
 @pytest.mark.parametrize("arch", [
