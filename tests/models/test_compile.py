@@ -14,6 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.layers.test_paging import ALL_ON, DMD_ON
 from ttmem.layers import NeuralMemory
 from ttmem.models import build_model
 
@@ -65,6 +66,14 @@ def test_memory_layer_with_gating_pages_and_kinetics_compiles_without_graph_brea
     _compare(_layer_loss(layer), x, list(layer.parameters()), "aot_eager")
     # eager then compiled, each over 1 boundary × 2 samples, threshold 0: every boundary changes the page
     assert int(paging.page_switch_events) == int(paging.page_threshold_crossings) == 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [ALL_ON, DMD_ON], ids=["budget_hierarchical_phase_quorum", "dmd_codebook"])
+def test_memory_layer_with_every_option_compiles_without_graph_breaks(options):
+    torch.manual_seed(0)
+    layer = NeuralMemory(8, heads=1, chunk_size=4, symplectic=options)
+    _compare(_layer_loss(layer), torch.randn(2, 10, 8), list(layer.parameters()), "aot_eager")
 
 
 @pytest.mark.slow
