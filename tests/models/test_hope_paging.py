@@ -1,15 +1,14 @@
-"""Complexity gating, pages and kinetics on HOPE's main memory: options off change nothing, streaming, causality,
-page isolation, the one refusal (a rule without a forget gate) and the training CLI."""
+"""Complexity gating, pages and kinetics on HOPE's main memory: options off change nothing, streaming (the model's
+decoding test is in test_paging.py), causality, page isolation, the one refusal (a rule without a forget gate) and
+the training CLI (in test_paging.py)."""
 
 from dataclasses import replace
 
 import pytest
 import torch
 
-from ttmem.cli import main
 from ttmem.layers.self_modifying import SelfModifyingMemory
 from ttmem.models import ModelConfig, build_model, load_model, save_model
-from ttmem.train import latest_checkpoint, load_checkpoint
 
 SMALL = dict(arch="hope", dim=32, depth=2, heads=2, chunk_size=4, mlp_ratio=2.0, cms_periods=(3, 7))
 OPTIONS = dict(use_symplectic_gating=True, num_pages=2, symplectic_page_threshold=1.0, page_threshold_units="noise",
@@ -80,20 +79,6 @@ def test_layer_whole_equals_pieces_equals_token_by_token_with_options_on():
     assert int(mem.symplectic.page_switch_events) > 0  # threshold 0: the page changes at every boundary
 
 
-def test_model_streaming_decode_equals_full_forward_with_pages():
-    model = hope(**OPTIONS)
-    tokens = torch.randint(0, 256, (2, 19), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        full = model(tokens).logits
-        out = model(tokens[:, :7])
-        pieces = [out.logits]
-        for t in range(7, tokens.shape[1]):
-            out = model(tokens[:, t:t + 1], out.state)
-            pieces.append(out.logits)
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-10, rtol=0)
-    assert sum(int(m.page_switch_events) for m in model.modules() if hasattr(m, "page_switch_events")) > 0
-
-
 def test_the_future_does_not_reach_the_past():
     model = hope(**OPTIONS)
     tokens = torch.randint(0, 256, (2, 17), generator=torch.Generator().manual_seed(3))
@@ -134,23 +119,3 @@ def test_gating_needs_the_main_memory_to_forget():
     with pytest.raises(ValueError, match="forget gate; rule 'delta' has none"):
         ModelConfig(**SMALL, memory_rule="delta", use_symplectic_gating=True)
     ModelConfig(**SMALL, memory_rule="delta", kinetics_mix=0.5)  # kinetics needs no forget gate
-
-
-def test_train_command_reaches_hopes_options(tmp_path, capsys):
-    corpus = tmp_path / "text.txt"
-    corpus.write_text("".join(f"line {i} of the corpus\n" for i in range(400)))
-    common = ["train", "--no-progress", "model=hope-tiny", f"data={corpus}", f"out_dir={tmp_path / 'run'}",
-              "seq_len=96", "batch_size=2", "steps=2", "warmup_steps=1", "eval_every=2", "eval_tokens=200",
-              "eval_depths=1", "eval_samples=1", "baseline=none", "report=false", "model_args.dim=32",
-              "model_args.depth=1", "model_args.heads=2", "model_args.cms_periods=[4,8]"]
-    bad = main([*common, "model_args.use_symplectic_gating=true", "model_args.page_routing=random"])
-    err = capsys.readouterr().err
-    assert bad != 0 and "page_routing" in err and "Traceback" not in err
-    code = main([*common, "model_args.use_symplectic_gating=true", "model_args.num_pages=2",
-                 "model_args.symplectic_page_threshold=0.0", "model_args.kinetics_mix=0.5"])
-    assert code == 0, capsys.readouterr().err
-    payload = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
-    config = payload["model_record"]["config"]
-    assert config["arch"] == "hope" and config["num_pages"] == 2 and config["kinetics_mix"] == 0.5
-    switches = [v for name, v in payload["model"].items() if name.endswith("page_switch_events")]
-    assert switches and all(int(v) > 0 for v in switches)  # threshold 0: pages changed during training

@@ -17,7 +17,7 @@ def small_model(arch, **overrides):
     return build_model(ModelConfig(arch=arch, **{**SMALL, **OPTIONS, **overrides})).double()
 
 
-@pytest.mark.parametrize("arch", ["mac", "mag", "mal", "lmm"])
+@pytest.mark.parametrize("arch", ["mac", "mag", "mal", "lmm", "hope"])
 def test_streaming_decode_equals_full_forward_with_pages(arch):
     model = small_model(arch).eval()
     tokens = torch.randint(0, 256, (2, 19), generator=torch.Generator().manual_seed(2))
@@ -66,13 +66,17 @@ def test_bad_fields_are_rejected_at_construction(fields, match):
         ModelConfig(**{"arch": "mac", **SMALL, **fields})
 
 
-def test_train_command_reaches_the_options(tmp_path, capsys):
+@pytest.mark.parametrize("preset, extra", [
+    ("mac-tiny", []),
+    ("hope-tiny", ["model_args.cms_periods=[4,8]", "model_args.kinetics_mix=0.5"]),
+])
+def test_train_command_reaches_the_options(tmp_path, capsys, preset, extra):
     corpus = tmp_path / "text.txt"
     corpus.write_text("".join(f"line {i} of the corpus\n" for i in range(400)))
-    common = ["train", "--no-progress", "model=mac-tiny", f"data={corpus}", f"out_dir={tmp_path / 'run'}",
+    common = ["train", "--no-progress", f"model={preset}", f"data={corpus}", f"out_dir={tmp_path / 'run'}",
               "seq_len=96", "batch_size=2", "steps=2", "warmup_steps=1", "eval_every=2", "eval_tokens=200",
               "eval_depths=1", "eval_samples=1", "baseline=none", "report=false", "model_args.dim=32",
-              "model_args.depth=1", "model_args.heads=2"]
+              "model_args.depth=1", "model_args.heads=2", *extra]
     bad = main([*common, "model_args.use_symplectic_gating=true", "model_args.num_pages=0"])
     err = capsys.readouterr().err
     assert bad != 0 and "num_pages" in err and "Traceback" not in err
@@ -81,5 +85,6 @@ def test_train_command_reaches_the_options(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
     payload = load_checkpoint(latest_checkpoint(tmp_path / "run" / "checkpoints"))
     config = payload["model_record"]["config"]
-    assert config["num_pages"] == 2 and config["use_symplectic_gating"]
-    assert any(name.endswith("page_switch_events") for name in payload["model"])
+    assert config["arch"] == preset.split("-")[0] and config["num_pages"] == 2 and config["use_symplectic_gating"]
+    switches = [v for name, v in payload["model"].items() if name.endswith("page_switch_events")]
+    assert switches and all(int(v) > 0 for v in switches)  # threshold 0: pages changed during training
