@@ -86,7 +86,8 @@ def sweep_variants(setup: Setup) -> tuple[dict[str, Variant], dict[str, dict[str
                                   if mix > 0 and (topk is None or topk <= size)]
     variants, params = {}, {}
     for mix, size, topk in grid:
-        name = "codebook_off" if mix == 0 else f"mix{mix:g}_k{size}_top{topk or 'all'}"
+        # no dots in names: the regression guard's metric paths are dot-separated
+        name = "codebook_off" if mix == 0 else f"mix{mix:g}_k{size}_top{topk or 'all'}".replace(".", "p")
         variants[name] = Variant(1, codebook_options(setup.dim, mix, size or 2, topk))
         params[name] = {"codebook_mix": mix, "codebook_size": size, "codebook_topk": topk}
     variants["same_heads"], variants["baseline"] = Variant(2, None), Variant(1, None)

@@ -158,9 +158,9 @@ def test_a_tiny_codebook_sweep_scores_and_ranks_its_grid(tmp_path):
     metrics = json.loads(out.read_text())["metrics"]
     trials = metrics["trials"]
     # top-k 3 > K 2 is skipped; κ = 0 is one trial; the 2-head control and the baseline stand beside the grid
-    assert set(trials) == {"codebook_off", "mix0.5_k2_topall", "mix0.5_k4_topall", "mix0.5_k4_top3", "same_heads",
+    assert set(trials) == {"codebook_off", "mix0p5_k2_topall", "mix0p5_k4_topall", "mix0p5_k4_top3", "same_heads",
                            "baseline"}
-    assert trials["mix0.5_k4_top3"]["params"] == {"codebook_mix": 0.5, "codebook_size": 4, "codebook_topk": 3}
+    assert trials["mix0p5_k4_top3"]["params"] == {"codebook_mix": 0.5, "codebook_size": 4, "codebook_topk": 3}
     assert trials["same_heads"]["internal_heads"] == 2 and trials["codebook_off"]["internal_heads"] == 2
     for cell in trials.values():
         for score, boundary, total in zip(cell["score"]["values"], cell["mse_boundary"]["values"],
@@ -169,6 +169,9 @@ def test_a_tiny_codebook_sweep_scores_and_ranks_its_grid(tmp_path):
     means = [trials[n]["score"]["mean"] for n in metrics["ranking"]]
     assert means == sorted(means) and metrics["best"] == metrics["ranking"][0]
     assert set(metrics["ranking"]) == set(trials) - {"same_heads", "baseline"}
+    base = tmp_path / "base.json"
+    base.write_text(out.read_text())
+    assert regress.main(["--baseline", str(base), "--latest", str(out)]) == 0  # every check's path resolves
 
 
 @pytest.mark.parametrize("protocol, candidate, others", [
@@ -194,3 +197,4 @@ def test_a_tiny_transfer_comparison_pairs_its_seeds(tmp_path, protocol, candidat
         pct = metrics["comparisons"][f"{candidate}_vs_{other}"]["transfer_score_pct"]["values"]
         ref, cand = metrics[other]["transfer_score"]["values"], metrics[candidate]["transfer_score"]["values"]
         assert pct == pytest.approx([(r - c) / r * 100 for r, c in zip(ref, cand, strict=True)], rel=1e-9)
+    assert regress.main(["--baseline", str(out), "--latest", str(out)]) == 0  # every check's path resolves
