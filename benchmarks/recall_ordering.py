@@ -1,6 +1,11 @@
 """The papers' recall ordering at small scale: every architecture, equal parameters, equal budget, 3 seeds.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/recall_ordering.py --threads 1
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/recall_ordering.py --threads 1 --jobs 2
+
+``--jobs N`` trains N runs at once, each in its own process on ``--threads`` threads (on a 2-core machine, two
+single-threaded runs are much faster than one run on two threads); the results do not depend on N. ``--set
+ARCH.FIELD=VALUE`` changes one architecture's ModelConfig (e.g. ``mac.mac_output=gate``); the parameter matching
+accounts for it.
 
 Every architecture is its ``-tiny`` preset narrowed to one shape (``--dim``, ``--depth``, ``--heads``, window,
 chunk and segment sizes) with its SwiGLU width solved so that every model has the parameter count of the
@@ -25,8 +30,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import platform
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +45,15 @@ from ttmem.eval.mqar import MQARRecipe, chance_accuracy, mqar_accuracy_by_distan
 from ttmem.eval.recall import answer_accuracy
 from ttmem.models import build_model, count_parameters
 from ttmem.models.config import ARCHITECTURES
+from ttmem.train.config import parse_overrides
 
 NEEDLE_TRAIN_STREAM, NEEDLE_EVAL_STREAM = 31, 32
 MQAR_COLUMNS = ("mqar_beyond_1x", "mqar_beyond_2x")
 NEEDLE_COLUMNS = ("needle_1x", "needle_2x")
+# Seconds per training step at the default recipe relative to the Transformer (one thread): --jobs starts the
+# slowest runs first so that parallel processes finish together.
+SLOW = {"lmm": 2.8, "mac": 3.0, "mag": 2.4, "mal": 2.3, "hope": 2.7, "deltanet": 1.5, "gated_deltanet": 1.5,
+        "linear_attention": 1.3}
 
 
 def shape_overrides(args: argparse.Namespace) -> dict:
@@ -161,7 +173,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunk-size", type=int, default=32)
     p.add_argument("--segment-len", type=int, default=32)
     p.add_argument("--mlp-ratio", type=float, default=5.0, help="the Transformer's; sets the parameter target")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads per run (0: leave torch's default)")
+    p.add_argument("--jobs", type=int, default=1, help="runs trained at once, each in its own process")
+    p.add_argument("--set", action="append", default=[], metavar="ARCH.FIELD=VALUE",
+                   help="a ModelConfig field for one architecture, e.g. mac.mac_output=gate (repeatable)")
     p.add_argument("--out", default="benchmarks/results/recall_ordering.json")
     p.add_argument("--merge", nargs="+", metavar="JSON",
                    help="train nothing: combine the runs of earlier outputs (same recipe) into one table and --out")
@@ -174,6 +189,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not args.tasks or set(args.tasks) - {"mqar", "needle"}:
         p.error(f"--tasks must name mqar and/or needle, got {','.join(args.tasks)!r}")
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    if args.jobs < 1:
+        p.error(f"--jobs must be a positive integer, got {args.jobs}")
+    args.model_args = {}
+    try:
+        settings = parse_overrides(args.set)
+    except ValueError as error:
+        p.error(f"--set: {error}")
+    for target, value in settings.items():
+        arch, _, field = target.partition(".")
+        if not field or arch not in ARCHITECTURES:
+            p.error(f"--set expects ARCH.FIELD=VALUE with a known ARCH, got {target!r}")
+        args.model_args.setdefault(arch, {})[field] = value
     return args
 
 
@@ -202,6 +229,21 @@ def merge(paths: list[str], out: Path) -> dict:
     return merged
 
 
+def train_one(arch: str, task: str, seed: int, args: argparse.Namespace, ratio: float, reach: int) -> dict:
+    """One model trained from ``seed`` on one task and scored; the run's record."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    recipe = MQARRecipe(seq_len=args.seq_len, num_kv_pairs=args.pairs, vocab_size=args.vocab, steps=args.steps,
+                        batch_size=args.batch, lr=args.lr, warmup=args.warmup, eval_examples=args.eval_examples,
+                        seed=seed)
+    torch.manual_seed(seed)
+    model = build_model(f"{arch}-tiny", mlp_ratio=ratio, **shape_overrides(args), **args.model_args.get(arch, {}))
+    began = time.perf_counter()
+    scores = run_mqar(model, recipe, reach) if task == "mqar" else run_needle(model, recipe, args)
+    return {"arch": arch, "task": task, "seed": seed, "parameters": count_parameters(model),
+            "train_seconds": time.perf_counter() - began, **scores}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.merge:
@@ -211,7 +253,8 @@ def main(argv: list[str] | None = None) -> dict:
     shape = shape_overrides(args)
     target = count_parameters(build_model("transformer-tiny", mlp_ratio=args.mlp_ratio, **shape))
     try:
-        ratios = {arch: matched_ratio(arch, target, shape) for arch in args.archs}
+        ratios = {arch: matched_ratio(arch, target, {**shape, **args.model_args.get(arch, {})})
+                  for arch in args.archs}
     except ValueError as error:
         raise SystemExit(f"recall_ordering: {error}") from None
     reach = args.depth * args.window
@@ -220,25 +263,29 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     report = {"args": vars(args), "parameter_target": target, "mlp_ratios": ratios, "reach": reach,
-              "threads": torch.get_num_threads(),
+              "threads": args.threads or torch.get_num_threads(),
               "torch": torch.__version__, "machine": platform.machine(), "runs": runs}
-    for arch in args.archs:
-        for task in args.tasks:
-            for seed in args.seeds:
-                recipe = MQARRecipe(seq_len=args.seq_len, num_kv_pairs=args.pairs, vocab_size=args.vocab,
-                                    steps=args.steps, batch_size=args.batch, lr=args.lr, warmup=args.warmup,
-                                    eval_examples=args.eval_examples, seed=seed)
-                torch.manual_seed(seed)
-                model = build_model(f"{arch}-tiny", mlp_ratio=ratios[arch], **shape)
-                began = time.perf_counter()
-                scores = run_mqar(model, recipe, reach) if task == "mqar" else run_needle(model, recipe, args)
-                run = {"arch": arch, "task": task, "seed": seed, "parameters": count_parameters(model),
-                       "train_seconds": time.perf_counter() - began, **scores}
-                runs.append(run)
-                shown = {k: round(v, 3) for k, v in scores.items() if k in MQAR_COLUMNS + NEEDLE_COLUMNS}
-                print(f"{arch:16s} {task:6s} seed {seed}  {shown}  {run['train_seconds']:.0f}s", flush=True)
-                report["wall_seconds"] = time.perf_counter() - start
-                out.write_text(json.dumps(report, indent=2) + "\n")
+    jobs = [(arch, task, seed) for arch in args.archs for task in args.tasks for seed in args.seeds]
+
+    def finished(run: dict) -> None:
+        runs.append(run)
+        runs.sort(key=lambda r: (args.archs.index(r["arch"]), args.tasks.index(r["task"]), r["seed"]))
+        shown = {k: round(v, 3) for k, v in run.items() if k in MQAR_COLUMNS + NEEDLE_COLUMNS}
+        print(f"{run['arch']:16s} {run['task']:6s} seed {run['seed']}  {shown}  {run['train_seconds']:.0f}s",
+              flush=True)
+        report["wall_seconds"] = time.perf_counter() - start
+        out.write_text(json.dumps(report, indent=2) + "\n")
+
+    if args.jobs <= 1:
+        for arch, task, seed in jobs:
+            finished(train_one(arch, task, seed, args, ratios[arch], reach))
+    else:  # one process per run, each on --threads threads, the slowest models first
+        slowest_first = sorted(jobs, key=lambda job: SLOW.get(job[0], 0.0), reverse=True)
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(train_one, arch, task, seed, args, ratios[arch], reach)
+                       for arch, task, seed in slowest_first]
+            for future in as_completed(futures):
+                finished(future.result())
     lines, table = summarise(runs, args.archs)
     report["claims"] = claims(table)
     print(f"\nRecall at equal parameters ({target:,} target) and equal budget ({args.steps} steps of {args.batch}); "

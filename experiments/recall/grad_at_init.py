@@ -20,13 +20,16 @@ import torch.nn.functional as F
 
 from ttmem.eval.mqar import TRAIN_STREAM, mqar_batch
 from ttmem.eval.recall_study import RecallStudy, build_study_model
+from ttmem.train.config import parse_overrides
 from ttmem.train.objective import logits_of
 
 
 def gradient_norms(spec: str, study: RecallStudy, rows: int = 32) -> dict[str, dict[str, float]]:
+    """``spec`` is a preset, optionally with ModelConfig fields: ``mac-tiny:mac_output=gate``."""
     inputs, targets = (torch.from_numpy(a) for a in mqar_batch(study.recipe(), TRAIN_STREAM, 0, rows))
     torch.manual_seed(0)
-    model = build_study_model(spec, {}, study)
+    preset, _, fields = spec.partition(":")
+    model = build_study_model(preset, parse_overrides(fields.split(";")) if fields else {}, study)
     loss = F.cross_entropy(logits_of(model(inputs)).flatten(0, 1), targets.flatten(), ignore_index=-100)
     loss.backward()
     groups: dict[str, list[float]] = {}
@@ -41,7 +44,8 @@ def gradient_norms(spec: str, study: RecallStudy, rows: int = 32) -> dict[str, d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="swa_transformer-tiny,mac-tiny,lmm_linear-tiny,lmm-tiny")
+    parser.add_argument("--models", default="swa_transformer-tiny,mac-tiny,mac-tiny:mac_output=gate,"
+                        "mac-tiny:mac_output=residual,lmm_linear-tiny,lmm-tiny")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)

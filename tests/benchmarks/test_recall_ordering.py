@@ -65,3 +65,26 @@ def test_merge_combines_runs_of_one_recipe_and_refuses_another(tmp_path, capsys)
     bench.main(TINY + ["--archs", "lmm", "--tasks", "mqar", "--seeds", "0", "--steps", "1", "--out", str(other)])
     with pytest.raises(SystemExit, match="different recipe"):
         bench.main(["--merge", str(a), str(other), "--out", str(c)])
+
+
+def test_parallel_jobs_give_the_runs_of_one_process(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # spawned workers import the script by name
+    import recall_ordering as bench
+
+    sweep = TINY + ["--archs", "swa_transformer", "--tasks", "mqar", "--seeds", "0,1"]
+    one = bench.main(sweep + ["--out", str(tmp_path / "one.json")])
+    two = bench.main(sweep + ["--jobs", "2", "--out", str(tmp_path / "two.json")])
+    timeless = [[{k: v for k, v in r.items() if k != "train_seconds"} for r in report["runs"]] for report in (one, two)]
+    assert timeless[0] == timeless[1]
+    assert [r["seed"] for r in two["runs"]] == [0, 1]
+
+
+def test_set_reaches_one_architecture_and_rejects_unknown_ones(tmp_path):
+    bench = load_benchmark()
+    runs = {output: bench.main(TINY + ["--archs", "mac", "--tasks", "mqar", "--seeds", "0",
+                                       "--set", f"mac.mac_output={output}", "--out", str(tmp_path / f"{output}.json")])
+            for output in ("product", "gate")}
+    assert runs["gate"]["args"]["model_args"] == {"mac": {"mac_output": "gate"}}
+    assert runs["gate"]["mlp_ratios"]["mac"] < runs["product"]["mlp_ratios"]["mac"]  # the gate's weights are paid for
+    with pytest.raises(SystemExit):
+        bench.main(TINY + ["--set", "nope.x=1", "--out", str(tmp_path / "c.json")])

@@ -130,3 +130,49 @@ def test_hope_adaptation_persists_inside_scope_and_is_undone_after():
 def test_adapt_needs_fast_weights():
     with pytest.raises(ValueError, match="arch 'transformer' has no fast weights"):
         small_model("transformer").adapt(torch.randint(0, 256, (1, 4)))
+
+
+@pytest.mark.parametrize("mac_output", ["gate", "residual"])
+def test_mac_output_combinations_stream_exactly_and_train_every_parameter(mac_output):
+    model = small_model("mac", mac_output=mac_output).eval()
+    tokens = torch.randint(0, 256, (2, 21), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        full = model(tokens).logits
+        out = model(tokens[:, :5])
+        pieces = [out.logits]
+        for t in range(5, tokens.shape[1]):
+            out = model(tokens[:, t : t + 1], out.state)
+            pieces.append(out.logits)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=1e-4)
+    model.train()
+    F.cross_entropy(model(tokens[:, :-1]).logits.reshape(-1, 256), tokens[:, 1:].reshape(-1)).backward()
+    assert not [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+
+
+@pytest.mark.parametrize("mac_output", ["product", "gate", "residual"])
+def test_mac_output_is_the_named_combination_of_attention_and_memory(mac_output):
+    from ttmem.models.titans import MemoryAsContext
+
+    torch.manual_seed(0)
+    config = ModelConfig(arch="mac", **{**SMALL, "mac_output": mac_output})
+    mixer = MemoryAsContext(config).double()
+    x = torch.randn(2, config.segment_len, config.dim, dtype=torch.float64)  # one segment: one retrieval
+    out, _ = mixer(x)
+    retrieved, _ = mixer.memory.read(x, mixer.memory.initial_state(2).memory, None)
+    y, _ = mixer.attention(x, None, memory_tokens=retrieved)
+    m, _ = mixer.memory(y, None)
+    if mac_output == "product":
+        expected = y * m
+    elif mac_output == "residual":
+        expected = y + m
+    else:
+        g = torch.sigmoid(x @ mixer.combine.to_gate.weight.T + mixer.combine.to_gate.bias)
+        rms = lambda t, w: t / t.pow(2).mean(-1, keepdim=True).add(config.norm_eps).sqrt() * w  # noqa: E731
+        mixed = g * rms(y, mixer.combine.attention_norm.weight) + (1 - g) * rms(m, mixer.combine.memory_norm.weight)
+        expected = mixed @ mixer.combine.to_out.weight.T
+    torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)
+
+
+def test_mac_output_refuses_an_unknown_combination():
+    with pytest.raises(ValueError, match="mac_output must be one of product, gate, residual; got 'sum'"):
+        ModelConfig(arch="mac", mac_output="sum")

@@ -40,6 +40,7 @@ DEFAULT_MEMORY_RULES = {
     "hope": "titans",
     "theta_lm": "theta",
 }
+MAC_OUTPUTS = ("product", "gate", "residual")  # MAC's combination of attention output and memory read
 # Architectures the symplectic / paging options reach: those whose memory layers are NeuralMemory, and HOPE,
 # whose self-modifying layer's main memory takes them (its continuum levels and projection memories do not).
 MEMORY_OPTION_ARCHITECTURES = ("linear_attention", "deltanet", "gated_deltanet", "lmm", "mac", "mag", "mal",
@@ -59,6 +60,7 @@ class ModelConfig:
     Fields: arch (one of ARCHITECTURES); vocab_size; dim (model width); depth (number of blocks);
     heads / dim_head (attention and memory heads); mlp_ratio (SwiGLU hidden = mlp_ratio * dim);
     window (sliding-window size for swa_transformer, mag, mal); segment_len (MAC segment length);
+    mac_output (MAC's combination o = y ⊗ M(y): "product", "gate" or "residual", ``ttmem.models.titans``);
     chunk_size (memory chunk for the mini-batch inner update, and HOPE's projection-memory period);
     persistent_tokens (learned always-visible attention tokens); memory_rule (engine rule name, None =
     architecture default); conv_kernel (short causal conv in memory layers, 0 = none);
@@ -90,6 +92,7 @@ class ModelConfig:
     mlp_ratio: float = 8 / 3
     window: int = 64
     segment_len: int = 32
+    mac_output: str = "product"
     chunk_size: int = 16
     persistent_tokens: int = 0
     memory_rule: str | None = None
@@ -154,6 +157,8 @@ class ModelConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.mac_output not in MAC_OUTPUTS:
+            raise ValueError(f"mac_output must be one of {', '.join(MAC_OUTPUTS)}; got {self.mac_output!r}")
         for name in ("persistent_tokens", "conv_kernel"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:

@@ -3,7 +3,10 @@
 - ``MemoryAsContext`` (MAC): the sequence is cut into segments of ``segment_len`` tokens. For each
   segment: read the memory (as it stood at the segment start) with the segment's queries,
   h = M*(x); attend over [persistent ‖ h ‖ segment]; write the attention output y into the memory
-  and combine it with a fresh read of the updated memory, o = y ⊗ M(y).
+  and combine it with a fresh read of the updated memory, o = y ⊗ M(y). ``ModelConfig.mac_output`` picks
+  the combination ⊗: "product" (y ⊙ M(y), elementwise), "gate" (MAG's normalised sigmoid gate, the paper's
+  description of ⊗ as non-linear gating, o = W_o (g ⊙ norm(y) + (1 − g) ⊙ norm(M(y))), g = sigmoid(W_g x))
+  or "residual" (y + M(y)).
 - ``MemoryAsGate`` (MAG): sliding-window attention and the memory read the same input in parallel;
   both outputs are RMS-normalised (learned per-channel weights) and mixed by a learned gate
   g = sigmoid(W_g x): o = W_o (g ⊙ norm(attn) + (1 − g) ⊙ norm(mem)).
@@ -90,6 +93,9 @@ class MemoryAsContext(nn.Module):
         self.segment_len = config.segment_len
         self.memory = neural_memory(config)
         self.attention = attention(config, None)
+        self.output = config.mac_output
+        if self.output == "gate":
+            self.combine = NormalisedGate(config)
 
     def forward(self, x: Tensor, state: MACState | None = None) -> tuple[Tensor, MACState]:
         """x: [B, T, dim] -> (o [B, T, dim], state after the last token)."""
@@ -108,10 +114,36 @@ class MemoryAsContext(nn.Module):
             retrieved, conv = self.memory.read(piece, segment_memory.memory, conv)
             attended, cache = self.attention(piece, cache, memory_tokens=retrieved)
             fresh, memory = self.memory(attended, memory)
-            outputs.append(attended * fresh)
+            outputs.append(self._combine(piece, attended, fresh))
             offset = (offset + end - begin) % self.segment_len
             begin = end
         return torch.cat(outputs, dim=1), MACState(memory, segment_memory, conv, cache, offset)
+
+    def _combine(self, x: Tensor, attended: Tensor, fresh: Tensor) -> Tensor:
+        if self.output == "product":
+            return attended * fresh
+        if self.output == "residual":
+            return attended + fresh
+        return self.combine(x, attended, fresh)
+
+
+class NormalisedGate(nn.Module):
+    """o = W_o (g ⊙ norm(a) + (1 − g) ⊙ norm(b)), g = sigmoid(W_g x): both branches RMS-normalised with learned
+    per-channel weights, mixed by a gate read from the mixer's input. x, a, b: [B, T, dim] -> [B, T, dim]."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.attention_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
+        self.memory_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
+        self.to_gate = nn.Linear(config.dim, config.dim)
+        self.to_out = nn.Linear(config.dim, config.dim, bias=False)
+
+    def forward(self, x: Tensor, attended: Tensor, remembered: Tensor) -> Tensor:
+        return self.mix(x, attended, remembered)
+
+    def mix(self, x: Tensor, attended: Tensor, remembered: Tensor) -> Tensor:
+        gate = torch.sigmoid(self.to_gate(x))
+        return self.to_out(gate * self.attention_norm(attended) + (1 - gate) * self.memory_norm(remembered))
 
 
 @dataclass
@@ -125,17 +157,14 @@ class MAGState:
         return MAGState(_detach(self.cache), _detach(self.memory))
 
 
-class MemoryAsGate(nn.Module):
-    """Titans MAG mixer. x: [B, T, dim] -> [B, T, dim]."""
+class MemoryAsGate(NormalisedGate):
+    """Titans MAG mixer: a ``NormalisedGate`` over sliding-window attention and the memory, both reading x.
+    x: [B, T, dim] -> [B, T, dim]."""
 
     def __init__(self, config: ModelConfig) -> None:
-        super().__init__()
+        super().__init__(config)
         self.attention = attention(config, config.window)
         self.memory = neural_memory(config)
-        self.attention_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
-        self.memory_norm = nn.RMSNorm(config.dim, eps=config.norm_eps)
-        self.to_gate = nn.Linear(config.dim, config.dim)
-        self.to_out = nn.Linear(config.dim, config.dim, bias=False)
 
     def forward(self, x: Tensor, state: MAGState | None = None) -> tuple[Tensor, MAGState]:
         """x: [B, T, dim] -> (o [B, T, dim], state after the last token)."""
@@ -143,6 +172,4 @@ class MemoryAsGate(nn.Module):
             state = MAGState(None, None)
         attended, cache = self.attention(x, state.cache)
         remembered, memory = self.memory(x, state.memory)
-        gate = torch.sigmoid(self.to_gate(x))
-        mixed = gate * self.attention_norm(attended) + (1 - gate) * self.memory_norm(remembered)
-        return self.to_out(mixed), MAGState(cache, memory)
+        return self.mix(x, attended, remembered), MAGState(cache, memory)
