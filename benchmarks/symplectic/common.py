@@ -7,7 +7,8 @@ seeds. Each phase trains a fresh model (the fork reused one model across phases)
 
 The model is an auto-associative memory: RMS-normalised input -> ``NeuralMemory`` -> output, loss
 MSE(output, input), Adam(1e-3), one forward per step with no memory state carried between steps (each step
-starts from the learned initial memory), as in the fork. ``final_loss`` is the mean of the last 10 step losses.
+starts from the learned initial memory), as in the fork, unless ``train_steps(carry_state=True)`` (the fork's
+``--carry-state``). ``final_loss`` is the mean of the last 10 step losses.
 """
 
 from __future__ import annotations

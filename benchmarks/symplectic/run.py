@@ -18,6 +18,9 @@ Protocols (``common.py`` has the data, the model and the training loop):
 - ``budget``: the switch budget (at most K page changes per sample in any ``--switch-window`` chunk boundaries,
   a hard causal cap) swept over ``--budgets`` on 4 manifold-keyed pages with the quorum-budget gate; loss,
   switch rate and refused-switch rate against K, beside the unconstrained model and 4 plain heads.
+  ``--carry-state``: each training step continues the memory state of the previous one (the fork's flag).
+- ``codebook_sweep``, ``codebook_transfer``, ``manifold_transfer`` (``transfer.py``): the codebook grid on
+  multi-motif data, and the codebook and manifold-paging transfer comparisons (long-horizon + interference).
 
 Every protocol runs each variant on every seed (``--seeds``) with a fresh model per phase, writes JSON (tag,
 device, config, metrics as mean / min / max / values over seeds, and the checks ``regress.py`` applies),
