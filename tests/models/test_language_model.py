@@ -132,9 +132,10 @@ def test_adapt_needs_fast_weights():
         small_model("transformer").adapt(torch.randint(0, 256, (1, 4)))
 
 
-@pytest.mark.parametrize("mac_output", ["gate", "residual"])
-def test_mac_output_combinations_stream_exactly_and_train_every_parameter(mac_output):
-    model = small_model("mac", mac_output=mac_output).eval()
+@pytest.mark.parametrize("mac_output,memory_input", [("gate", "attention"), ("residual", "attention"),
+                                                     ("product", "segment")])
+def test_mac_options_stream_exactly_and_train_every_parameter(mac_output, memory_input):
+    model = small_model("mac", mac_output=mac_output, mac_memory_input=memory_input).eval()
     tokens = torch.randint(0, 256, (2, 21), generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         full = model(tokens).logits
@@ -149,18 +150,19 @@ def test_mac_output_combinations_stream_exactly_and_train_every_parameter(mac_ou
     assert not [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
 
 
-@pytest.mark.parametrize("mac_output", ["product", "gate", "residual"])
-def test_mac_output_is_the_named_combination_of_attention_and_memory(mac_output):
+@pytest.mark.parametrize("mac_output,memory_input", [("product", "attention"), ("gate", "attention"),
+                                                     ("residual", "attention"), ("residual", "segment")])
+def test_mac_output_is_the_named_combination_of_attention_and_memory(mac_output, memory_input):
     from ttmem.models.titans import MemoryAsContext
 
     torch.manual_seed(0)
-    config = ModelConfig(arch="mac", **{**SMALL, "mac_output": mac_output})
+    config = ModelConfig(arch="mac", **{**SMALL, "mac_output": mac_output, "mac_memory_input": memory_input})
     mixer = MemoryAsContext(config).double()
     x = torch.randn(2, config.segment_len, config.dim, dtype=torch.float64)  # one segment: one retrieval
     out, _ = mixer(x)
     retrieved, _ = mixer.memory.read(x, mixer.memory.initial_state(2).memory, None)
     y, _ = mixer.attention(x, None, memory_tokens=retrieved)
-    m, _ = mixer.memory(y, None)
+    m, _ = mixer.memory(y if memory_input == "attention" else x, None)
     if mac_output == "product":
         expected = y * m
     elif mac_output == "residual":
@@ -173,6 +175,8 @@ def test_mac_output_is_the_named_combination_of_attention_and_memory(mac_output)
     torch.testing.assert_close(out, expected, atol=1e-12, rtol=1e-12)
 
 
-def test_mac_output_refuses_an_unknown_combination():
+def test_mac_options_refuse_unknown_values():
     with pytest.raises(ValueError, match="mac_output must be one of product, gate, residual; got 'sum'"):
         ModelConfig(arch="mac", mac_output="sum")
+    with pytest.raises(ValueError, match="mac_memory_input must be one of attention, segment; got 'x'"):
+        ModelConfig(arch="mac", mac_memory_input="x")

@@ -41,6 +41,7 @@ DEFAULT_MEMORY_RULES = {
     "theta_lm": "theta",
 }
 MAC_OUTPUTS = ("product", "gate", "residual")  # MAC's combination of attention output and memory read
+MAC_MEMORY_INPUTS = ("attention", "segment")  # what MAC's memory is written with: y (the paper) or the input
 # Architectures the symplectic / paging options reach: those whose memory layers are NeuralMemory, and HOPE,
 # whose self-modifying layer's main memory takes them (its continuum levels and projection memories do not).
 MEMORY_OPTION_ARCHITECTURES = ("linear_attention", "deltanet", "gated_deltanet", "lmm", "mac", "mag", "mal",
@@ -61,6 +62,7 @@ class ModelConfig:
     heads / dim_head (attention and memory heads); mlp_ratio (SwiGLU hidden = mlp_ratio * dim);
     window (sliding-window size for swa_transformer, mag, mal); segment_len (MAC segment length);
     mac_output (MAC's combination o = y ⊗ M(y): "product", "gate" or "residual", ``ttmem.models.titans``);
+    mac_memory_input (what MAC's memory is written with: "attention", the paper's y, or "segment", the input);
     chunk_size (memory chunk for the mini-batch inner update, and HOPE's projection-memory period);
     persistent_tokens (learned always-visible attention tokens); memory_rule (engine rule name, None =
     architecture default); conv_kernel (short causal conv in memory layers, 0 = none);
@@ -93,6 +95,7 @@ class ModelConfig:
     window: int = 64
     segment_len: int = 32
     mac_output: str = "product"
+    mac_memory_input: str = "attention"
     chunk_size: int = 16
     persistent_tokens: int = 0
     memory_rule: str | None = None
@@ -159,6 +162,9 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.mac_output not in MAC_OUTPUTS:
             raise ValueError(f"mac_output must be one of {', '.join(MAC_OUTPUTS)}; got {self.mac_output!r}")
+        if self.mac_memory_input not in MAC_MEMORY_INPUTS:
+            raise ValueError(f"mac_memory_input must be one of {', '.join(MAC_MEMORY_INPUTS)}; "
+                             f"got {self.mac_memory_input!r}")
         for name in ("persistent_tokens", "conv_kernel"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:

@@ -6,7 +6,9 @@
   and combine it with a fresh read of the updated memory, o = y ⊗ M(y). ``ModelConfig.mac_output`` picks
   the combination ⊗: "product" (y ⊙ M(y), elementwise), "gate" (MAG's normalised sigmoid gate, the paper's
   description of ⊗ as non-linear gating, o = W_o (g ⊙ norm(y) + (1 − g) ⊙ norm(M(y))), g = sigmoid(W_g x))
-  or "residual" (y + M(y)).
+  or "residual" (y + M(y)). ``ModelConfig.mac_memory_input`` picks what the memory is written with and read at
+  for o: "attention" (the paper: y) or "segment" (the segment's input x, as titans-pytorch's MAC does; then
+  o = y ⊗ M(x)).
 - ``MemoryAsGate`` (MAG): sliding-window attention and the memory read the same input in parallel;
   both outputs are RMS-normalised (learned per-channel weights) and mixed by a learned gate
   g = sigmoid(W_g x): o = W_o (g ⊙ norm(attn) + (1 − g) ⊙ norm(mem)).
@@ -94,6 +96,7 @@ class MemoryAsContext(nn.Module):
         self.memory = neural_memory(config)
         self.attention = attention(config, None)
         self.output = config.mac_output
+        self.write_attention = config.mac_memory_input == "attention"
         if self.output == "gate":
             self.combine = NormalisedGate(config)
 
@@ -113,7 +116,7 @@ class MemoryAsContext(nn.Module):
             # history (query channels only).
             retrieved, conv = self.memory.read(piece, segment_memory.memory, conv)
             attended, cache = self.attention(piece, cache, memory_tokens=retrieved)
-            fresh, memory = self.memory(attended, memory)
+            fresh, memory = self.memory(attended if self.write_attention else piece, memory)
             outputs.append(self._combine(piece, attended, fresh))
             offset = (offset + end - begin) % self.segment_len
             begin = end
