@@ -116,3 +116,15 @@ def test_gate_init_overrides_and_rejects_bad_values():
         NeuralMemory(16, rule="titans", gate_init={"forget": 1.0})
     with pytest.raises(ValueError, match="gate_init keys"):
         NeuralMemory(16, rule="titans", gate_init={"decay": 0.5})
+
+
+def test_one_token_conv_is_the_depthwise_conv_of_its_history():
+    torch.manual_seed(0)
+    layer = NeuralMemory(16, heads=2, chunk_size=4, conv_kernel=4).double()
+    history = torch.randn(3, 48, 3, dtype=torch.float64)
+    token = torch.randn(3, 48, 1, dtype=torch.float64)
+    out, new_history = layer._conv(token, history, slice(None))
+    full = torch.cat([history, token], dim=2)
+    expected = torch.nn.functional.silu(torch.nn.functional.conv1d(full, layer.conv.weight, layer.conv.bias, groups=48))
+    torch.testing.assert_close(out, expected, atol=1e-14, rtol=0)
+    assert torch.equal(new_history, full[:, :, 1:])

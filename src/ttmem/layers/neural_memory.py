@@ -144,7 +144,11 @@ class NeuralMemory(nn.Module):
         if cache is None:
             cache = seq.new_zeros(seq.shape[0], seq.shape[1], self.conv_kernel - 1)
         seq = torch.cat([cache, seq], dim=2)
-        out = F.conv1d(seq, self.conv.weight[channels], self.conv.bias[channels], groups=seq.shape[1])
+        weight, bias = self.conv.weight[channels], self.conv.bias[channels]
+        if seq.shape[2] == self.conv_kernel:  # one new token (decoding): a dot product beats a conv call
+            out = torch.einsum("bck,ck->bc", seq, weight[:, 0]).add_(bias).unsqueeze(-1)
+        else:
+            out = F.conv1d(seq, weight, bias, groups=seq.shape[1])
         return F.silu(out), seq[:, :, -(self.conv_kernel - 1):]
 
     def _heads(self, x: Tensor, parts: int) -> Tensor:
