@@ -15,6 +15,7 @@ chunked engine with a one-token group (still no padding).
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from ttmem.newton_schulz import newton_schulz
@@ -47,21 +48,25 @@ def memorize_token(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor
     # product), with θ applied to the small factor g rather than to the weight-sized product.
     scaled = tuple((-theta * g).mT @ x for g, x in zip(gs, xs))
 
+    # Decays as one addcmul each (u + s ⊙ keep): one pass over the weight-sized tensors instead of two.
     momentum, step = state.momentum, scaled
     momentum_step = state.momentum_step
     if momentum is not None:
-        keep_m = 0.0 if eta is None else eta.unsqueeze(-1)
-        momentum = tuple(keep_m * s + u for s, u in zip(momentum, scaled))
-        if momentum_step is not None:  # Newton–Schulz rules: the weights see the orthogonalised buffer
-            momentum_step = tuple(keep_m * s + u for s, u in zip(momentum_step, scaled))
-            step = momentum_step
+        if eta is None:  # no momentum carried over: the buffer is this token's step
+            momentum = scaled
+            momentum_step = None if momentum_step is None else scaled
         else:
-            step = momentum
+            keep_m = eta.unsqueeze(-1)
+            momentum = tuple(torch.addcmul(u, s, keep_m) for s, u in zip(momentum, scaled))
+            if momentum_step is not None:
+                momentum_step = tuple(torch.addcmul(u, s, keep_m) for s, u in zip(momentum_step, scaled))
+        # Newton–Schulz rules: the weights see the orthogonalised buffer
+        step = momentum if momentum_step is None else momentum_step
     if keep is None:
         weights = tuple(w + s for w, s in zip(state.weights, step))
     else:
         f = keep.unsqueeze(-1)
-        weights = tuple(f * w + s for w, s in zip(state.weights, step))
+        weights = tuple(torch.addcmul(s, w, f) for w, s in zip(state.weights, step))
     out = arch.forward(ref if rule.read_at_chunk_start else weights, q)
 
     offset = state.offset + 1
