@@ -109,8 +109,8 @@ def _synthetic_full_caches(model: torch.nn.Module, state: ModelState, context: i
 
 
 @torch.no_grad()
-def decode_latency(name: str, context: int, tokens: int, piece: int, max_real_attention: int, device: str) -> dict:
-    """Median seconds per decoded token after a context of ``context`` tokens."""
+def _prefilled(name: str, context: int, piece: int, max_real_attention: int, device: str):
+    """(model, state after ``context`` tokens, next token, prefill seconds or None when synthetic)."""
     torch.manual_seed(0)
     model = build_model(name).to(device).eval()
     has_full_attention = model.config.arch == "transformer"
@@ -123,9 +123,13 @@ def decode_latency(name: str, context: int, tokens: int, piece: int, max_real_at
     prefill_s = time.perf_counter() - start
     if synthetic:
         state = _synthetic_full_caches(model, state, context)
-    token = prompt[:, -1:]
+    return model, state, prompt[:, -1:], None if synthetic else prefill_s
+
+
+def _decode_times(model: torch.nn.Module, state: ModelState, token: torch.Tensor, steps: int, device: str):
+    """Seconds of each of ``steps`` greedy decode steps; (times, state, token) to continue from."""
     times = []
-    for _ in range(tokens + 2):  # the first two steps are warm-up (a cache may move into a grown buffer)
+    for _ in range(steps):
         if device == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -134,8 +138,37 @@ def decode_latency(name: str, context: int, tokens: int, piece: int, max_real_at
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
         state, token = out.state, out.logits[:, -1:].argmax(-1)
-    return {"ms_per_token": 1e3 * statistics.median(times[2:]), "prefill": "synthetic" if synthetic else "real",
-            "prefill_s": None if synthetic else prefill_s}
+    return times, state, token
+
+
+@torch.no_grad()
+def decode_latency(name: str, context: int, tokens: int, piece: int, max_real_attention: int, device: str) -> dict:
+    """Median seconds per decoded token after a context of ``context`` tokens."""
+    model, state, token, prefill_s = _prefilled(name, context, piece, max_real_attention, device)
+    times, _, _ = _decode_times(model, state, token, tokens + 2, device)  # two warm-up steps (a cache may grow)
+    return {"ms_per_token": 1e3 * statistics.median(times[2:]),
+            "prefill": "synthetic" if prefill_s is None else "real", "prefill_s": prefill_s}
+
+
+@torch.no_grad()
+def interleaved_decode_ratio(name: str, peer: str, context: int, tokens: int, rounds: int, piece: int,
+                             max_real_attention: int, device: str) -> dict:
+    """Model and peer prefilled side by side, then ``rounds`` alternating bursts of ``tokens`` decode steps each;
+    the median of the per-round ratios of median step times. Load that drifts between rounds cancels out."""
+    runs = {n: _prefilled(n, context, piece, max_real_attention, device)[:3] for n in (peer, name)}
+    for n, (model, state, token) in runs.items():  # two warm-up steps each
+        runs[n] = (model, *_decode_times(model, state, token, 2, device)[1:])
+    ratios, medians = [], {peer: [], name: []}
+    for _ in range(rounds):
+        for n in (peer, name):
+            model, state, token = runs[n]
+            times, state, token = _decode_times(model, state, token, tokens, device)
+            runs[n] = (model, state, token)
+            medians[n].append(statistics.median(times))
+        ratios.append(medians[name][-1] / medians[peer][-1])
+    return {"ratio": statistics.median(ratios), "rounds": rounds,
+            "ms_per_token": 1e3 * statistics.median(medians[name]),
+            "peer_ms_per_token": 1e3 * statistics.median(medians[peer])}
 
 
 def _pair(first: dict, second: dict, key: str) -> float:
@@ -179,23 +212,24 @@ def train_table(args: argparse.Namespace, seq: int) -> dict:
 
 
 def decode_table(args: argparse.Namespace) -> dict:
-    """ms per decoded token vs context for every architecture; at the first context each model is measured
-    right after the decoding peer, and the ratio to that run is reported."""
+    """ms per decoded token vs context for every architecture; the ratio at the first context comes from
+    ``interleaved_decode_ratio`` (model and peer alternating in ``--decode-rounds`` bursts)."""
     print(f"\ndecode latency, ms per token (s = synthetic full-attention cache, see module doc); "
-          f"ratio at {args.contexts[0]} against {args.decode_peer} measured just before")
+          f"ratio at {args.contexts[0]} against {args.decode_peer}: median of {args.decode_rounds} alternating bursts")
     print("| model | " + " | ".join(str(c) for c in args.contexts) + f" | × {args.decode_peer} |")
     print("|---|" + "---|" * (len(args.contexts) + 1))
     out = {}
     peer_name = f"{args.decode_peer}-{args.size}"
     for arch in args.archs:
         name = f"{arch}-{args.size}"
-        peer = decode_latency(peer_name, args.contexts[0], args.decode_tokens, args.prefill_piece,
-                              args.max_real_attention_prefill, args.device)
+        paired = interleaved_decode_ratio(name, peer_name, args.contexts[0], args.decode_tokens, args.decode_rounds,
+                                          args.prefill_piece, args.max_real_attention_prefill, args.device)
         rows = {c: decode_latency(name, c, args.decode_tokens, args.prefill_piece,
                                   args.max_real_attention_prefill, args.device) for c in args.contexts}
-        ratio = rows[args.contexts[0]]["ms_per_token"] / peer["ms_per_token"]
-        out[name] = {"contexts": {str(c): row for c, row in rows.items()}, "peer_ms_per_token": peer["ms_per_token"],
-                     "ratio_to_peer": ratio}
+        ratio = paired["ratio"]
+        out[name] = {"contexts": {str(c): row for c, row in rows.items()},
+                     "peer_ms_per_token": paired["peer_ms_per_token"], "paired_ms_per_token": paired["ms_per_token"],
+                     "ratio_to_peer": ratio, "rounds": paired["rounds"]}
         cells = " | ".join(f"{r['ms_per_token']:.2f}{'s' if r['prefill'] == 'synthetic' else ''}"
                            for r in rows.values())
         print(f"| {name} | {cells} | {ratio:.2f} |", flush=True)
@@ -214,6 +248,7 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--contexts", type=int, nargs="+", default=list(DEFAULT_CONTEXTS))
     parser.add_argument("--decode-tokens", type=int, default=16)
+    parser.add_argument("--decode-rounds", type=int, default=5, help="alternating model / peer bursts for the ratio")
     parser.add_argument("--prefill-piece", type=int, default=2048)
     parser.add_argument("--max-real-attention-prefill", type=int, default=16384)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
