@@ -3,24 +3,15 @@ model's own decoding (its state advances across rounds)."""
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "models.py"
-
-
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("models_benchmark", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers.benchmark_scripts import load_benchmark
 
 
 def test_interleaved_ratio_is_the_median_of_per_round_ratios(monkeypatch):
-    bench = load_benchmark()
+    bench = load_benchmark("models")
     calls = []
     real = bench._decode_times
 

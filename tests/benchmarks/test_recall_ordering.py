@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "recall_ordering.py"
+from tests.helpers.benchmark_scripts import BENCHMARKS, load_benchmark
 
+SCRIPT = BENCHMARKS / "recall_ordering.py"
 
-def load_benchmark():
-    spec = importlib.util.spec_from_file_location("recall_ordering", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 TINY = ["--seq-len", "24", "--pairs", "3", "--steps", "2", "--batch", "2", "--warmup", "1", "--eval-examples", "4",
@@ -24,7 +18,7 @@ TINY = ["--seq-len", "24", "--pairs", "3", "--steps", "2", "--batch", "2", "--wa
 
 
 def test_tiny_sweep_trains_every_requested_model_at_matched_size(tmp_path, capsys):
-    bench = load_benchmark()
+    bench = load_benchmark("recall_ordering")
     out = tmp_path / "ordering.json"
     archs = ["swa_transformer", "deltanet", "lmm", "mac"]
     report = bench.main(TINY + ["--archs", ",".join(archs), "--seeds", "0", "--out", str(out)])
@@ -45,7 +39,7 @@ def test_tiny_sweep_trains_every_requested_model_at_matched_size(tmp_path, capsy
 
 
 def test_cli_rejects_unknown_architectures_and_unmatchable_targets(tmp_path):
-    bench = load_benchmark()
+    bench = load_benchmark("recall_ordering")
     with pytest.raises(SystemExit):
         bench.main(TINY + ["--archs", "deltanet,nope", "--out", str(tmp_path / "a.json")])
     with pytest.raises(SystemExit, match="raise --mlp-ratio"):
@@ -53,7 +47,7 @@ def test_cli_rejects_unknown_architectures_and_unmatchable_targets(tmp_path):
 
 
 def test_merge_combines_runs_of_one_recipe_and_refuses_another(tmp_path, capsys):
-    bench = load_benchmark()
+    bench = load_benchmark("recall_ordering")
     a, b, c = (tmp_path / f"{n}.json" for n in "abc")
     bench.main(TINY + ["--archs", "deltanet", "--tasks", "mqar", "--seeds", "0", "--out", str(a)])
     bench.main(TINY + ["--archs", "swa_transformer", "--tasks", "mqar", "--seeds", "0", "--out", str(b)])
@@ -80,7 +74,7 @@ def test_parallel_jobs_give_the_runs_of_one_process(tmp_path, monkeypatch):
 
 
 def test_set_reaches_one_architecture_and_rejects_unknown_ones(tmp_path):
-    bench = load_benchmark()
+    bench = load_benchmark("recall_ordering")
     runs = {output: bench.main(TINY + ["--archs", "mac", "--tasks", "mqar", "--seeds", "0",
                                        "--set", f"mac.mac_output={output}", "--out", str(tmp_path / f"{output}.json")])
             for output in ("product", "gate")}
