@@ -17,6 +17,19 @@ def small_model(arch: str, seed: int = 0, **overrides) -> torch.nn.Module:
     return build_model(ModelConfig(arch=arch, **{**SMALL, **overrides}))
 
 
+def assert_decode_equals_forward(model: torch.nn.Module, tokens: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    """Prompt of ``prompt_len`` tokens, then one token at a time: the logits equal one full forward's."""
+    with torch.no_grad():
+        full = model(tokens).logits
+        out = model(tokens[:, :prompt_len])
+        pieces = [out.logits]
+        for t in range(prompt_len, tokens.shape[1]):
+            out = model(tokens[:, t : t + 1], out.state)
+            pieces.append(out.logits)
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=1e-4)
+    return full
+
+
 @pytest.mark.parametrize("arch", ARCHITECTURES)
 def test_forward_shapes(arch):
     model = small_model(arch)
@@ -47,14 +60,7 @@ def test_loss_decreases_on_tiny_batch(arch):
 def test_streaming_decode_equals_full_forward(arch, prompt_len):
     model = small_model(arch).eval()
     tokens = torch.randint(0, 256, (2, 21), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        full = model(tokens).logits
-        out = model(tokens[:, :prompt_len])
-        pieces = [out.logits]
-        for t in range(prompt_len, tokens.shape[1]):
-            out = model(tokens[:, t : t + 1], out.state)
-            pieces.append(out.logits)
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=1e-4)
+    assert_decode_equals_forward(model, tokens, prompt_len)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)
@@ -97,15 +103,7 @@ def test_truncated_backprop_with_detached_state(arch):
 def test_any_memory_rule_plugs_in_and_streams_exactly(arch, rule):
     model = small_model(arch, memory_rule=rule).eval()
     tokens = torch.randint(0, 256, (2, 14), generator=torch.Generator().manual_seed(3))
-    with torch.no_grad():
-        full = model(tokens).logits
-        out = model(tokens[:, :9])
-        pieces = [out.logits]
-        for t in range(9, 14):
-            out = model(tokens[:, t : t + 1], out.state)
-            pieces.append(out.logits)
-    assert torch.isfinite(full).all()
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=1e-4)
+    assert torch.isfinite(assert_decode_equals_forward(model, tokens, 9)).all()
 
 
 def test_hope_adaptation_persists_inside_scope_and_is_undone_after():
@@ -137,14 +135,7 @@ def test_adapt_needs_fast_weights():
 def test_mac_options_stream_exactly_and_train_every_parameter(mac_output, memory_input):
     model = small_model("mac", mac_output=mac_output, mac_memory_input=memory_input).eval()
     tokens = torch.randint(0, 256, (2, 21), generator=torch.Generator().manual_seed(4))
-    with torch.no_grad():
-        full = model(tokens).logits
-        out = model(tokens[:, :5])
-        pieces = [out.logits]
-        for t in range(5, tokens.shape[1]):
-            out = model(tokens[:, t : t + 1], out.state)
-            pieces.append(out.logits)
-    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-4, rtol=1e-4)
+    assert_decode_equals_forward(model, tokens, 5)
     model.train()
     F.cross_entropy(model(tokens[:, :-1]).logits.reshape(-1, 256), tokens[:, 1:].reshape(-1)).backward()
     assert not [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
