@@ -128,6 +128,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ttmem.fused import check_row_blocks, row_blocks
 from ttmem.newton_schulz import newton_schulz
 from ttmem.optim.base import (
     CheckedOptimizer,
@@ -140,6 +141,13 @@ from ttmem.optim.base import (
     positive_int,
     reject_sparse,
 )
+
+
+def row_block_sizes(name: str, value: Any) -> None:
+    """None, or the row counts of a fused weight's logical matrices (``ttmem.fused.check_row_blocks``)."""
+    if value is not None:
+        check_row_blocks(name, value)
+
 
 VARIANTS = ("precondition", "precondition-shape", "orth-moment", "rms-only", "paper")
 DEFAULT_VARIANT = "precondition"
@@ -160,19 +168,40 @@ def token_matrices(model: nn.Module) -> list[nn.Parameter]:
     return list(found.values())
 
 
+def fused_layouts(model: nn.Module) -> dict[int, tuple[int, ...]]:
+    """``id(param) -> row blocks`` for every ≥2-D parameter of a module that declares a fused layout
+    (``ttmem.fused.declare_row_blocks``) and whose first dimension is the declared one."""
+    layouts: dict[int, tuple[int, ...]] = {}
+    for module in model.modules():
+        blocks = row_blocks(module)
+        if blocks is None:
+            continue
+        for param in module.parameters(recurse=False):
+            if param.ndim >= 2 and param.shape[0] == sum(blocks):
+                layouts[id(param)] = blocks
+    return layouts
+
+
 def m3_param_groups(model: nn.Module, weight_decay: float = 0.0) -> list[dict[str, Any]]:
     """Param groups for ``M3`` over ``model``'s trainable parameters (see "Routing" in the module docstring).
 
-    Returns up to three groups: hidden matrices (orthogonalised, decayed), token matrices (embeddings and
-    output head: ``orthogonalize=False``, decayed) and 1-D parameters (not decayed; AdamW either way).
+    Returns hidden matrices (orthogonalised, decayed: one group of plain matrices and one per fused layout,
+    whose ``row_blocks`` is the layout), token matrices (embeddings and output head: ``orthogonalize=False``,
+    decayed) and 1-D parameters (not decayed; AdamW either way); empty groups are left out.
     """
     tokens = {id(p) for p in token_matrices(model)}
+    layouts = fused_layouts(model)
     unique = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
-    hidden = [p for p in unique if p.ndim >= 2 and id(p) not in tokens]
+    hidden: dict[tuple[int, ...] | None, list[nn.Parameter]] = {None: []}
+    for param in unique:
+        if param.ndim >= 2 and id(param) not in tokens:
+            hidden.setdefault(layouts.get(id(param)), []).append(param)
     token = [p for p in unique if id(p) in tokens]
     vectors = [p for p in unique if p.ndim < 2]
     groups = [
-        {"params": hidden, "weight_decay": weight_decay},
+        {"params": params, "weight_decay": weight_decay, "row_blocks": blocks} for blocks, params in hidden.items()
+    ]
+    groups += [
         {"params": token, "weight_decay": weight_decay, "orthogonalize": False},
         {"params": vectors, "weight_decay": 0.0},
     ]
@@ -186,45 +215,57 @@ def is_sharded(tensor: Tensor) -> bool:
 
 
 # -- directions ------------------------------------------------------------------------------------
-def as_matrix(tensor: Tensor) -> Tensor:
-    return tensor.reshape(tensor.shape[0], -1)
+# Each rule below acts on one matrix; ``per_matrix`` applies it to every logical matrix of a parameter.
+def per_matrix(rule: Callable[[Tensor], Tensor], tensor: Tensor, blocks: tuple[int, ...] | None) -> Tensor:
+    """``rule`` applied to each logical matrix of ``tensor`` (≥2-D, flattened to ``(shape[0], -1)``, the Muon
+    convention for filters): the row blocks ``blocks`` of a fused weight, or the whole matrix when None.
+    Returns a new tensor shaped like ``tensor``."""
+    matrix = tensor.reshape(tensor.shape[0], -1)
+    parts = matrix.split(list(blocks)) if blocks is not None else (matrix,)
+    return torch.cat([rule(part) for part in parts]).reshape(tensor.shape)
 
 
-def orthogonalize(momentum: Tensor, steps: int) -> Tensor:
-    """Newton–Schulz direction of ``momentum`` (≥2-D, flattened to ``(shape[0], -1)``), same shape."""
-    return newton_schulz(as_matrix(momentum), steps=steps).reshape(momentum.shape)
-
-
-def orthogonalize_keep_norm(momentum: Tensor, steps: int) -> Tensor:
-    """Newton–Schulz direction of ``momentum`` rescaled to ``momentum``'s Frobenius norm (paper variant).
-
-    Args:
-        momentum: parameter-shaped tensor with at least 2 dims; >2-D is flattened to
-            ``(shape[0], -1)``.
-        steps: Newton–Schulz iterations.
-
-    Returns:
-        Tensor shaped like ``momentum``; zero stays zero.
-    """
-    matrix = as_matrix(momentum)
-    direction = newton_schulz(matrix, steps=steps)
+def keep_norm(direction: Tensor, matrix: Tensor) -> Tensor:
+    """``direction`` rescaled to ``matrix``'s Frobenius norm (zero stays zero)."""
     direction_norm = torch.linalg.matrix_norm(direction)
-    scale = torch.linalg.matrix_norm(matrix) / torch.where(
-        direction_norm > 0, direction_norm, torch.ones_like(direction_norm)
-    )
-    return (direction * scale).reshape(momentum.shape)
+    return direction * (torch.linalg.matrix_norm(matrix) / torch.where(
+        direction_norm > 0, direction_norm, torch.ones_like(direction_norm)))
 
 
-def shape_rms_scale(param: Tensor, update_rms: float) -> float:
+def shape_rms_scale(rows: int, columns: int, update_rms: float) -> float:
     """Muon's factor ``update_rms · √max(m, n)``: an orthogonal ``m × n`` matrix then has RMS ``update_rms``."""
-    rows = param.shape[0]
-    return update_rms * math.sqrt(max(rows, param.numel() // max(rows, 1)))
+    return update_rms * math.sqrt(max(rows, columns))
 
 
 def to_rms(update: Tensor, update_rms: float) -> Tensor:
-    """``update`` rescaled in place to entry RMS ``update_rms`` (zero stays zero)."""
+    """``update`` rescaled to entry RMS ``update_rms`` (zero stays zero)."""
     rms = update.square().mean().sqrt()
-    return update.mul_(update_rms / torch.where(rms > 0, rms, torch.ones_like(rms)))
+    return update * (update_rms / torch.where(rms > 0, rms, torch.ones_like(rms)))
+
+
+def orthogonalize(momentum: Tensor, steps: int, blocks: tuple[int, ...] | None = None) -> Tensor:
+    """Newton–Schulz direction of each logical matrix of ``momentum`` (see ``per_matrix``), same shape."""
+    return per_matrix(lambda m: newton_schulz(m, steps=steps), momentum, blocks)
+
+
+def orthogonalize_keep_norm(momentum: Tensor, steps: int, blocks: tuple[int, ...] | None = None) -> Tensor:
+    """Newton–Schulz direction of each logical matrix of ``momentum`` rescaled to that matrix's Frobenius norm
+    (the paper's ``orth``; the whole update then keeps ``momentum``'s Frobenius norm). Zero stays zero.
+
+    Args:
+        momentum: parameter-shaped tensor with at least 2 dims (see ``per_matrix``).
+        steps: Newton–Schulz iterations.
+        blocks: row counts of the logical matrices of a fused weight, or None for one matrix.
+    """
+    return per_matrix(lambda m: keep_norm(newton_schulz(m, steps=steps), m), momentum, blocks)
+
+
+def orthogonalize_shape_scaled(momentum: Tensor, steps: int, update_rms: float,
+                               blocks: tuple[int, ...] | None = None) -> Tensor:
+    """Newton–Schulz direction of each logical ``m × n`` matrix of ``momentum`` times
+    ``shape_rms_scale(m, n, update_rms)`` (Muon's RMS matching, per logical matrix)."""
+    return per_matrix(
+        lambda m: newton_schulz(m, steps=steps).mul_(shape_rms_scale(*m.shape, update_rms)), momentum, blocks)
 
 
 class M3(CheckedOptimizer):
@@ -246,6 +287,10 @@ class M3(CheckedOptimizer):
         update_rms: RMS of a matrix update per unit ``lr`` in the fixed-size variants (> 0; the default
             variant does not read it); 1.0 matches Adam's first steps, Moonlight's 0.2 matches AdamW late
             in long runs (module docstring).
+        row_blocks: for a group of fused weights, the row counts of the logical matrices each one stacks
+            (e.g. ``(d, d, d)`` for a ``(3d, n)`` query/key/value projection); each is orthogonalised on its
+            own. None (the default): every parameter is one matrix. ``m3_param_groups`` sets it from the
+            layers' declarations (``ttmem.fused``).
     """
 
     VARIANTS = VARIANTS
@@ -260,6 +305,7 @@ class M3(CheckedOptimizer):
         "orthogonalize": boolean,
         "variant": one_of(*VARIANTS),
         "update_rms": positive,
+        "row_blocks": row_block_sizes,
     }
 
     def __init__(
@@ -275,18 +321,27 @@ class M3(CheckedOptimizer):
         orthogonalize: bool = True,
         variant: str = DEFAULT_VARIANT,
         update_rms: float = 1.0,
+        row_blocks: tuple[int, ...] | None = None,
     ):
         defaults = dict(
             lr=lr, betas=tuple(betas) if isinstance(betas, list) else betas, alpha=alpha,
             frequency=frequency, eps=eps, ns_steps=ns_steps, weight_decay=weight_decay,
-            orthogonalize=orthogonalize, variant=variant, update_rms=update_rms,
+            orthogonalize=orthogonalize, variant=variant, update_rms=update_rms, row_blocks=row_blocks,
         )
         super().__init__(params, defaults)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         group = self.param_groups[-1]
+        if isinstance(group["row_blocks"], list):
+            group["row_blocks"] = tuple(group["row_blocks"])
         for index, param in enumerate(group["params"]):
+            blocks = group["row_blocks"]
+            if self._orthogonalized(param, group) and blocks is not None and sum(blocks) != param.shape[0]:
+                raise ValueError(
+                    f"row_blocks {blocks} of param group {len(self.param_groups) - 1} add up to {sum(blocks)} "
+                    f"rows, but its parameter {index} has shape {tuple(param.shape)}"
+                )
             if self._orthogonalized(param, group) and is_sharded(param):
                 raise ValueError(
                     f"M3 orthogonalises whole matrices, but parameter {index} of param group "
@@ -314,7 +369,7 @@ class M3(CheckedOptimizer):
                 if group["variant"] == "paper":
                     update = self._paper_update(state, grad, group, self._orthogonalized(param, group))
                 elif self._orthogonalized(param, group):
-                    update = self._stable_matrix_update(state, param, grad, group)
+                    update = self._stable_matrix_update(state, grad, group)
                 else:
                     update = self._adamw_update(state, grad, group)
                 apply_decoupled_weight_decay(param, group["lr"], group["weight_decay"])
@@ -364,7 +419,7 @@ class M3(CheckedOptimizer):
         beta1, beta2, _ = group["betas"]
 
         def direction(momentum: Tensor) -> Tensor:
-            return orthogonalize_keep_norm(momentum, group["ns_steps"]) if matrix else momentum
+            return orthogonalize_keep_norm(momentum, group["ns_steps"], group["row_blocks"]) if matrix else momentum
 
         state["fast_momentum"].lerp_(grad, 1 - beta1)
         state["second_moment"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -382,10 +437,10 @@ class M3(CheckedOptimizer):
         fast = state["fast_momentum"] / (1 - beta1 ** state["step"])
         return fast.div_(self._second_moment_hat(state, beta2).sqrt_().add_(group["eps"]))
 
-    def _stable_matrix_update(self, state: dict[str, Any], param: Tensor, grad: Tensor,
-                              group: dict[str, Any]) -> Tensor:
+    def _stable_matrix_update(self, state: dict[str, Any], grad: Tensor, group: dict[str, Any]) -> Tensor:
         beta1, beta2, _ = group["betas"]
-        variant, steps, eps = group["variant"], group["ns_steps"], group["eps"]
+        variant, steps, eps, rms = group["variant"], group["ns_steps"], group["eps"], group["update_rms"]
+        blocks = group["row_blocks"]  # every direction below is taken per logical matrix
         state["fast_momentum"].lerp_(grad, 1 - beta1)
         fast = state["fast_momentum"] / (1 - beta1 ** state["step"])
         if variant in ("precondition", "precondition-shape"):
@@ -394,24 +449,26 @@ class M3(CheckedOptimizer):
             if variant == "precondition":
                 # Newton–Schulz's direction with the Frobenius norm of Adam's update; _slow_update divides
                 # the slow momentum by its own second moment.
-                update = orthogonalize_keep_norm(fast / denom, steps)
+                update = orthogonalize_keep_norm(fast / denom, steps, blocks)
 
                 def slow_direction(slow: Tensor) -> Tensor:
-                    return orthogonalize_keep_norm(slow, steps)
+                    return orthogonalize_keep_norm(slow, steps, blocks)
             else:
-                scale = shape_rms_scale(param, group["update_rms"])
-                update = orthogonalize(fast / denom, steps).mul_(scale)
+                update = orthogonalize_shape_scaled(fast / denom, steps, rms, blocks)
 
                 def slow_direction(slow: Tensor) -> Tensor:
-                    return orthogonalize(slow / denom, steps).mul_(scale)
+                    return orthogonalize_shape_scaled(slow / denom, steps, rms, blocks)
             update.add_(state["slow_direction"], alpha=group["alpha"])  # O2 of the previous chunk
             self._slow_update(state, grad, group, slow_direction)
             return update
-        update = orthogonalize(fast, steps).add_(state["slow_direction"], alpha=group["alpha"])
-        self._slow_update(state, grad, group, lambda slow: orthogonalize(slow, steps))
         if variant == "rms-only":
-            return update.mul_(shape_rms_scale(param, group["update_rms"]))
-        # orth-moment: second moment of the orthogonalised direction itself.
+            update = orthogonalize_shape_scaled(fast, steps, rms, blocks)
+            update.add_(state["slow_direction"], alpha=group["alpha"])
+            self._slow_update(state, grad, group, lambda slow: orthogonalize_shape_scaled(slow, steps, rms, blocks))
+            return update
+        # orth-moment: second moment of the orthogonalised direction itself, then RMS per logical matrix.
+        update = orthogonalize(fast, steps, blocks).add_(state["slow_direction"], alpha=group["alpha"])
+        self._slow_update(state, grad, group, lambda slow: orthogonalize(slow, steps, blocks))
         state["second_moment"].mul_(beta2).addcmul_(update, update, value=1 - beta2)
         update.div_(self._second_moment_hat(state, beta2).sqrt_().add_(eps))
-        return to_rms(update, group["update_rms"])
+        return per_matrix(lambda m: to_rms(m, rms), update, blocks)
