@@ -88,10 +88,12 @@ entry), an entry of ``√V`` the scale of that one gradient entry. The repairs k
 
 ``"precondition"`` is the default because, with every candidate tuned on the same grids (README, "Nested
 Learning optimizers"), it tied the best fixed-size rule on ``transformer-tiny`` and, unlike it, trained at
-every lr from 1e-3 to 1e-2 on ``mac-tiny`` with the same best lr (1e-2) on both models; at 3e-2 it still
-breaks on ``mac-tiny`` (gradient norm 1e4–1e7 from step 20 on), where AdamW recovers; one-off checks there
-implicate the fused query/key/value projections, orthogonalised as one ``(3d, d)`` matrix. The default
-``lr``, 3e-3, is a third of that best lr.
+every lr from 1e-3 to 1e-2 on ``mac-tiny`` with the same best lr (1e-2) on both models. At 3e-2 it still
+breaks on ``mac-tiny`` (gradient norm 1e4–1e7 from step 20 on), where AdamW recovers, also with fused weights
+split (below). One-off checks there locate the break in the orthogonalised updates of the neural-memory
+layers' parameters: with all of them on AdamW the run recovers as AdamW's does, and no smaller subset, nor
+Nesterov momentum, a longer second moment, fewer Newton–Schulz steps or dropping the slow term, prevented it.
+So the usable range on ``mac-tiny`` is lr ≤ 1e-2; the default ``lr``, 3e-3, is a third of the best lr.
 
 ``update_rms`` is the size of the fixed-size variants (``"precondition-shape"``, ``"orth-moment"``,
 ``"rms-only"``); the default variant takes its size from Adam and does not read it. ``update_rms = 1.0``
@@ -107,6 +109,20 @@ variants match Adam's first-step RMS with ``update_rms = 1``). ``m3_param_groups
 builds that split (``nn.Embedding`` tables and modules named ``lm_head`` / ``head`` / ``output`` go to
 the AdamW group; only ≥2-D parameters are decayed). The paper variant keeps its own fallback for these
 parameters, Adam with the slow momentum added: ``(M̂1 + α M̂2) / (√V̂ + ε)``.
+
+**Fused weights.** Every rule above acts on one matrix, a linear map. A layer that computes several
+projections with one weight (queries, keys and values from one ``nn.Linear(d, 3 · inner)`` whose output is cut
+in thirds; a SwiGLU's gate and value; the memory layer's depthwise q/k/v convolution) holds several matrices
+stacked along its rows, and declares their row counts once where it builds the weight
+(``ttmem.fused.declare_row_blocks``, e.g. ``(inner, inner, inner)``). ``m3_param_groups`` puts the weights of
+each distinct layout in a group whose ``row_blocks`` is that layout, and M3 then applies each rule to every
+block on its own: the Newton–Schulz direction, ``orth``'s rescaling to the block's Frobenius norm, Muon's
+``√max(m, n)`` with the block's own ``m`` and ``"orth-moment"``'s RMS. The paper variant splits its ``orth``
+the same way. Orthogonalising the stack as one matrix returns the polar factor of the stack:
+its rows are orthonormal jointly, so the three blocks share one set of singular directions and one size,
+which is not the update of any of the three maps (Muon and Moonlight orthogonalise q, k and v separately).
+Measured (README): the split improves ``transformer-tiny`` at 3x the best lr and does not fix ``mac-tiny``'s
+break there.
 
 Other choices: >2-D parameters (convolutions, and raw tensors such as per-head memory weights
 ``(heads, d_in, d_out)``) are flattened to ``(shape[0], prod(shape[1:]))`` for Newton–Schulz, the usual Muon
