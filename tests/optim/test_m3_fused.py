@@ -14,6 +14,7 @@ from torch.nn import functional as F
 
 from ttmem.fused import declare_row_blocks, row_blocks
 from ttmem.layers.attention import Attention
+from ttmem.layers.continuum import ContinuumLevel
 from ttmem.layers.mlp import SwiGLU
 from ttmem.layers.neural_memory import NeuralMemory
 from ttmem.newton_schulz import newton_schulz
@@ -149,8 +150,8 @@ def group_of(groups: list[dict], param: torch.Tensor) -> dict:
 
 def test_layers_declare_their_fused_weights_and_routing_reads_them():
     attention, swiglu = Attention(dim=16, heads=2), SwiGLU(16, mlp_ratio=2.0)
-    memory = NeuralMemory(dim=16, heads=2, chunk_size=4)
-    model = nn.ModuleDict({"attention": attention, "swiglu": swiglu, "memory": memory})
+    memory, continuum = NeuralMemory(dim=16, heads=2, chunk_size=4), ContinuumLevel(16, period=4)
+    model = nn.ModuleDict({"attention": attention, "swiglu": swiglu, "memory": memory, "continuum": continuum})
     groups = m3_param_groups(model, weight_decay=0.1)
     assert group_of(groups, attention.to_qkv.weight)["row_blocks"] == (16, 16, 16)
     assert group_of(groups, swiglu.to_gate_and_value.weight)["row_blocks"] == (32, 32)
@@ -158,13 +159,15 @@ def test_layers_declare_their_fused_weights_and_routing_reads_them():
     assert group_of(groups, memory.to_qkv.weight)["row_blocks"] == (inner,) * 3
     assert group_of(groups, memory.conv.weight)["row_blocks"] == (inner,) * 3
     assert group_of(groups, memory.conv.bias).get("row_blocks") is None  # 1-D: AdamW, nothing to split
+    assert group_of(groups, continuum.to_key_value.weight)["row_blocks"] == (16, 16)
     for plain in (attention.to_out.weight, swiglu.to_out.weight, memory.to_out.weight):
         group = group_of(groups, plain)
         assert group["row_blocks"] is None and group["weight_decay"] == 0.1
     listed = [id(p) for g in groups for p in g["params"]]
     assert sorted(listed) == sorted({id(p) for p in model.parameters()})
     optimizer = build_optimizer("m3", model, 1e-3, 0.1, (0.9, 0.95))
-    assert {g["row_blocks"] for g in optimizer.param_groups} == {None, (16, 16, 16), (32, 32), (inner,) * 3}
+    layouts = {None, (16, 16, 16), (32, 32), (inner,) * 3, (16, 16)}
+    assert {g["row_blocks"] for g in optimizer.param_groups} == layouts
     assert row_blocks(copy.deepcopy(attention).to_qkv) == (16, 16, 16)  # the declaration survives copies
 
 
