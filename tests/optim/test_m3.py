@@ -8,6 +8,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
+from ttmem.fused import declare_row_blocks
 from ttmem.newton_schulz import SINGULAR_VALUE_BAND
 from ttmem.optim import M3, m3_param_groups
 from ttmem.train.optim import build_optimizer
@@ -16,13 +17,16 @@ VOCAB = 32
 
 
 class TinyLM(nn.Module):
-    """Embedding, a residual MLP with biases, a norm and an untied output head: every parameter kind."""
+    """Embedding, a residual MLP with biases, a norm and an untied output head: every parameter kind.
+    ``fused=True`` declares ``up`` as three stacked ``(dim, 2 dim)`` matrices (``ttmem.fused``)."""
 
-    def __init__(self, dim: int = 24, seed: int = 0):
+    def __init__(self, dim: int = 24, seed: int = 0, fused: bool = False):
         super().__init__()
         torch.manual_seed(seed)
         self.embed = nn.Embedding(VOCAB, dim)
         self.up = nn.Linear(2 * dim, 3 * dim)
+        if fused:
+            declare_row_blocks(self.up, [dim] * 3)
         self.down = nn.Linear(3 * dim, dim)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, VOCAB, bias=False)
@@ -208,8 +212,9 @@ def test_default_update_obeys_the_documented_bound_with_a_long_slow_memory():
     assert max(rms) <= bound + alpha, max(rms)
 
 
-def test_state_dict_round_trip_mid_run_continues_identically():
-    model = TinyLM()
+@pytest.mark.parametrize("fused", [False, True])
+def test_state_dict_round_trip_mid_run_continues_identically(fused):
+    model = TinyLM(fused=fused)
     optimizer = M3(m3_param_groups(model, weight_decay=0.01), frequency=4)
     train_lm(model, optimizer, 6)  # mid-chunk: the slow direction and the chunk's gradient sum are live
     buffer = io.BytesIO()
@@ -218,10 +223,13 @@ def test_state_dict_round_trip_mid_run_continues_identically():
 
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
-    restored = TinyLM(seed=5)
+    restored = TinyLM(seed=5, fused=fused)
     restored.load_state_dict(saved["model"])
     restored_optimizer = M3(m3_param_groups(restored, weight_decay=0.01), frequency=4)
     restored_optimizer.load_state_dict(saved["optimizer"])
+    groups = restored_optimizer.param_groups
+    blocks = [g["row_blocks"] for g in groups if any(q is restored.up.weight for q in g["params"])]
+    assert blocks == [(24, 24, 24) if fused else None]
     assert train_lm(restored, restored_optimizer, 7, start=6) == expected
     for a, b in zip(model.parameters(), restored.parameters(), strict=True):
         assert torch.equal(a, b)

@@ -4,13 +4,11 @@ References are built from ``newton_schulz`` on each block separately (its own te
 polar factor), never from M3's helpers."""
 
 import copy
-import io
 import math
 
 import pytest
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ttmem.fused import declare_row_blocks, row_blocks
 from ttmem.layers.attention import Attention
@@ -115,34 +113,6 @@ def test_three_dimensional_fused_weight_is_flattened_then_split():
     torch.testing.assert_close((before - weight.detach()).reshape(12, 4), expected, rtol=1e-10, atol=1e-12)
 
 
-class FusedLM(nn.Module):
-    """A bigram LM whose hidden layer is a fused pair of projections (SwiGLU-like), plus every other kind."""
-
-    def __init__(self, vocab: int = 32, dim: int = 16, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.embed = nn.Embedding(vocab, dim)
-        self.mix = SwiGLU(dim, mlp_ratio=2.0)
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, vocab, bias=False)
-
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        x = self.embed(ids)
-        return self.head(self.norm(x + self.mix(x)))
-
-
-def train(model: nn.Module, optimizer: torch.optim.Optimizer, steps: int, start: int = 0) -> list[float]:
-    losses = []
-    for step in range(start, start + steps):
-        ids = torch.randint(0, 32, (4, 12), generator=torch.Generator().manual_seed(step))
-        optimizer.zero_grad()
-        loss = F.cross_entropy(model(ids[:, :-1]).reshape(-1, 32), ids[:, 1:].reshape(-1))
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
-
-
 def group_of(groups: list[dict], param: torch.Tensor) -> dict:
     (group,) = [g for g in groups if any(p is param for p in g["params"])]
     return group
@@ -169,24 +139,6 @@ def test_layers_declare_their_fused_weights_and_routing_reads_them():
     layouts = {None, (16, 16, 16), (32, 32), (inner,) * 3, (16, 16)}
     assert {g["row_blocks"] for g in optimizer.param_groups} == layouts
     assert row_blocks(copy.deepcopy(attention).to_qkv) == (16, 16, 16)  # the declaration survives copies
-
-
-def test_state_dict_round_trip_with_fused_groups_continues_identically():
-    model = FusedLM()
-    optimizer = M3(m3_param_groups(model), frequency=4)
-    train(model, optimizer, 6)
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buffer)
-    expected = train(model, optimizer, 5, start=6)
-    buffer.seek(0)
-    saved = torch.load(buffer, weights_only=True)
-    restored = FusedLM(seed=3)
-    restored.load_state_dict(saved["model"])
-    restored_optimizer = M3(m3_param_groups(restored), frequency=4)
-    restored_optimizer.load_state_dict(saved["optimizer"])
-    assert group_of(restored_optimizer.param_groups, restored.mix.to_gate_and_value.weight)["row_blocks"] == (32, 32)
-    assert train(restored, restored_optimizer, 5, start=6) == expected
-    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), restored.parameters(), strict=True))
 
 
 def test_bad_layouts_name_the_argument():
