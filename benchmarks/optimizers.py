@@ -86,6 +86,7 @@ DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
     "m3": ADAM_SCALE,
     "m3-paper": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
     "m3-precondition": ADAM_SCALE,
+    "m3-precondition-project": ADAM_SCALE,
     "m3-precondition-shape": ADAM_SCALE,
     "m3-orth-moment": ADAM_SCALE,
     "m3-rms-only": ADAM_SCALE,
@@ -95,6 +96,7 @@ DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
 DEFAULT_OPTIMIZERS = ("adamw", "m3", "m3-paper", "deepmomentumgd", "nesteddeepmomentumgd")
 DISPLAY = {
     "adamw": "AdamW", "m3": "M3 (stable)", "m3-paper": "M3 (paper)", "m3-precondition": "M3 (precondition)",
+    "m3-precondition-project": "M3 (precondition-project)",
     "m3-precondition-shape": "M3 (precondition-shape)",
     "m3-rms-only": "M3 (rms-only)", "m3-orth-moment": "M3 (orth-moment)", "deepmomentumgd": "DeepMomentumGD",
     "nesteddeepmomentumgd": "NestedDeepMomentumGD", "momentumgd": "MomentumGD",

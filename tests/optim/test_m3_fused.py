@@ -53,19 +53,28 @@ def split_reference(matrix: torch.Tensor, rule) -> torch.Tensor:
     return torch.cat(out)
 
 
-def test_default_orthogonalises_each_block_with_adams_norm():
-    """Step 1 of the default: P = m̂ / (√v̂ + ε) = g / (|g| + ε); each block is NS(P_b) at P_b's norm."""
+def frobenius_size(direction: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    return direction * torch.linalg.matrix_norm(block) / torch.linalg.matrix_norm(direction)
+
+
+def projected_size(direction: torch.Tensor, block: torch.Tensor) -> torch.Tensor:
+    return direction * (direction * block).sum() / (direction * direction).sum()
+
+
+@pytest.mark.parametrize(("variant", "size"), [("precondition", frobenius_size),
+                                               ("precondition-project", projected_size)])
+def test_preconditioned_rules_orthogonalise_each_block(variant, size):
+    """Step 1: P = m̂ / (√v̂ + ε) = g / (|g| + ε); each block is NS(P_b) at P_b's Frobenius norm (default) or
+    P_b projected on NS(P_b) (precondition-project), which is never larger."""
     grad, eps = gradient(), 1e-8
     adam = grad / (grad.abs() + eps)
-
-    def orth(block: torch.Tensor) -> torch.Tensor:
-        direction = newton_schulz(block, steps=5)
-        return direction * torch.linalg.matrix_norm(block) / torch.linalg.matrix_norm(direction)
-
-    expected = split_reference(adam, orth)
-    torch.testing.assert_close(first_step("precondition", BLOCKS), expected, rtol=1e-10, atol=1e-12)
-    joint = first_step("precondition", None)
+    expected = split_reference(adam, lambda block: size(newton_schulz(block, steps=5), block))
+    update = first_step(variant, BLOCKS)
+    torch.testing.assert_close(update, expected, rtol=1e-10, atol=1e-12)
+    joint = first_step(variant, None)
     assert (joint - expected).abs().max() > 1e-2  # the split changes the update: the test can fail
+    for block, adam_block in zip(update.split(list(BLOCKS)), adam.split(list(BLOCKS)), strict=True):
+        assert torch.linalg.matrix_norm(block) <= torch.linalg.matrix_norm(adam_block) * (1 + 1e-12)
 
 
 @pytest.mark.parametrize("variant", ["rms-only", "precondition-shape"])
@@ -92,11 +101,8 @@ def test_paper_variant_splits_its_orth_too():
     """Paper rule, step 1: (orth(g_b) per block) / (|g| + ε), orth = NS rescaled to the block's norm."""
     grad = gradient()
 
-    def orth(block: torch.Tensor) -> torch.Tensor:
-        direction = newton_schulz(block, steps=5)
-        return direction * torch.linalg.matrix_norm(block) / torch.linalg.matrix_norm(direction)
-
-    expected = split_reference(grad, orth) / (grad.abs() + 1e-8)
+    expected = split_reference(grad, lambda block: frobenius_size(newton_schulz(block, steps=5), block))
+    expected = expected / (grad.abs() + 1e-8)
     torch.testing.assert_close(first_step("paper", BLOCKS), expected, rtol=1e-10, atol=1e-12)
 
 

@@ -165,7 +165,9 @@ def row_block_sizes(name: str, value: Any) -> None:
         check_row_blocks(name, value)
 
 
-VARIANTS = ("precondition", "precondition-shape", "orth-moment", "rms-only", "paper")
+VARIANTS = ("precondition", "precondition-project", "precondition-shape", "orth-moment", "rms-only", "paper")
+# Variants that divide the slow momentum by its own second moment before orthogonalising it.
+SLOW_SECOND_MOMENT = ("precondition", "precondition-project")
 DEFAULT_VARIANT = "precondition"
 # Module names whose weight is an output head (rows are tokens).
 HEAD_NAMES = ("lm_head", "head", "output")
@@ -274,6 +276,18 @@ def orthogonalize_keep_norm(momentum: Tensor, steps: int, blocks: tuple[int, ...
         blocks: row counts of the logical matrices of a fused weight, or None for one matrix.
     """
     return per_matrix(lambda m: keep_norm(newton_schulz(m, steps=steps), m), momentum, blocks)
+
+
+def project(direction: Tensor, matrix: Tensor) -> Tensor:
+    """The component of ``matrix`` along ``direction``: ``direction · ⟨direction, matrix⟩ / ‖direction‖²_F``
+    (zero stays zero). Its Frobenius norm is at most ``matrix``'s (Cauchy–Schwarz)."""
+    norm2 = direction.square().sum()
+    return direction * ((direction * matrix).sum() / torch.where(norm2 > 0, norm2, torch.ones_like(norm2)))
+
+
+def orthogonalize_project(momentum: Tensor, steps: int, blocks: tuple[int, ...] | None = None) -> Tensor:
+    """``momentum`` projected on the Newton–Schulz direction of each of its logical matrices (``project``)."""
+    return per_matrix(lambda m: project(newton_schulz(m, steps=steps), m), momentum, blocks)
 
 
 def orthogonalize_shape_scaled(momentum: Tensor, steps: int, update_rms: float,
@@ -399,7 +413,7 @@ class M3(CheckedOptimizer):
         if group["variant"] == "paper" or self._orthogonalized(param, group):
             state["slow_updates"] = 0
             names += ["slow_momentum", "slow_direction", "chunk_grad_sum"]
-            if group["variant"] == "precondition" and self._orthogonalized(param, group):
+            if group["variant"] in SLOW_SECOND_MOMENT and self._orthogonalized(param, group):
                 names += ["slow_second_moment", "chunk_square_sum"]
         for name in names:
             state[name] = torch.zeros_like(param)
@@ -459,16 +473,17 @@ class M3(CheckedOptimizer):
         blocks = group["row_blocks"]  # every direction below is taken per logical matrix
         state["fast_momentum"].lerp_(grad, 1 - beta1)
         fast = state["fast_momentum"] / (1 - beta1 ** state["step"])
-        if variant in ("precondition", "precondition-shape"):
+        if variant in ("precondition", "precondition-project", "precondition-shape"):
             state["second_moment"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = self._second_moment_hat(state, beta2).sqrt_().add_(eps)
-            if variant == "precondition":
-                # Newton–Schulz's direction with the Frobenius norm of Adam's update; _slow_update divides
-                # the slow momentum by its own second moment.
-                update = orthogonalize_keep_norm(fast / denom, steps, blocks)
+            if variant in SLOW_SECOND_MOMENT:
+                # Newton–Schulz's direction with the Frobenius norm of Adam's update (or Adam's update projected
+                # on that direction); _slow_update divides the slow momentum by its own second moment.
+                rule = orthogonalize_keep_norm if variant == "precondition" else orthogonalize_project
+                update = rule(fast / denom, steps, blocks)
 
                 def slow_direction(slow: Tensor) -> Tensor:
-                    return orthogonalize_keep_norm(slow, steps, blocks)
+                    return rule(slow, steps, blocks)
             else:
                 update = orthogonalize_shape_scaled(fast / denom, steps, rms, blocks)
 
