@@ -75,6 +75,14 @@ entry), an entry of ``√V`` the scale of that one gradient entry. The repairs k
    squared gradient. With equal rates, Cauchy–Schwarz and Jensen give ``|M̂2_ij| ≤ √V̂2_ij``, so
    ``U = orth(M̂1 / (√V̂ + ε)) + α orth(M̂2 / (√V̂2 + ε))`` obeys ``RMS(U) ≤ 1.165 + α`` for every
    gradient sequence (``β1² < β2``). It costs two more parameter-sized buffers per matrix.
+
+   ``variant="precondition-project"`` keeps that direction and that slow second moment but sizes each term
+   as the multiple of ``D = NS(P)`` closest to ``P`` in Frobenius norm, Adam's update projected on its
+   orthogonalised direction: ``U = D · ⟨D, P⟩ / ‖D‖²_F``. By Cauchy–Schwarz ``‖U‖_F ≤ ‖P‖_F``, with equality
+   when ``P`` is already a multiple of an orthogonal matrix; for ``D`` the exact polar factor of a ``P`` with
+   singular values ``s_i``, ``‖U‖_F = Σ s_i / √rank`` (nuclear norm over ``√rank``), so the step shrinks when
+   Adam's update is concentrated in a few directions, where the default spreads ``‖P‖_F`` over all of them.
+   Measured against the default in the README.
 2. ``variant="orth-moment"`` (AdaMuon's choice): take the second moment of the orthogonalised direction,
    ``O = NS(M̂1) + α NS(M̂2)``, ``V ← β2 V + (1 − β2) O²``, ``U = O / (√V̂ + ε)``. Numerator and
    denominator now have the same units, and since ``V̂_t ≥ (1 − β2) O_t² / (1 − β2^t)``, every entry obeys
@@ -168,7 +176,7 @@ def row_block_sizes(name: str, value: Any) -> None:
 VARIANTS = ("precondition", "precondition-project", "precondition-shape", "orth-moment", "rms-only", "paper")
 # Variants that divide the slow momentum by its own second moment before orthogonalising it.
 SLOW_SECOND_MOMENT = ("precondition", "precondition-project")
-DEFAULT_VARIANT = "precondition"
+DEFAULT_VARIANT = "precondition-project"
 # Module names whose weight is an output head (rows are tokens).
 HEAD_NAMES = ("lm_head", "head", "output")
 
@@ -312,6 +320,7 @@ class M3(CheckedOptimizer):
         weight_decay: decoupled weight decay (>= 0).
         orthogonalize: whether ≥2-D parameters of the group are orthogonalised (else AdamW).
         variant: ``"precondition"`` (default, stable: orthogonalised direction, Adam's size),
+            ``"precondition-project"`` (the same direction, Adam's update projected on it),
             ``"precondition-shape"``, ``"orth-moment"``, ``"rms-only"`` (fixed-size ablations) or
             ``"paper"`` (the literal rule, unstable on uneven gradients).
         update_rms: RMS of a matrix update per unit ``lr`` in the fixed-size variants (> 0; the default
