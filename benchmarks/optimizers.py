@@ -2,8 +2,8 @@
 
 Everything runs through `ttmem.train.Trainer`, the code path of ``ttmem train optimizer=NAME lr=X ...``:
 optimizers are built by name by `ttmem.train.optim.build_optimizer` (``m3`` is the stable M3, ``m3-paper``
-the literal rule, ``m3-precondition-shape`` / ``m3-orth-moment`` / ``m3-rms-only`` the other candidates of
-its ablation), the
+the literal rule, ``m3-precondition`` (the earlier default) and ``m3-precondition-shape`` / ``m3-orth-moment`` /
+``m3-rms-only`` the other candidates of its ablation), the
 schedule is the trainer's warm-up + cosine, gradients are clipped by the trainer, and validation bits per
 byte is the trainer's own (the first ``eval_tokens`` tokens of the corpus's validation split). The corpus is
 the trainer's default ``stdlib`` (the Python standard library's ``.py`` sources, split by a hash of each
