@@ -2,8 +2,8 @@
 
 Everything runs through `ttmem.train.Trainer`, the code path of ``ttmem train optimizer=NAME lr=X ...``:
 optimizers are built by name by `ttmem.train.optim.build_optimizer` (``m3`` is the stable M3, ``m3-paper``
-the literal rule, ``m3-precondition-shape`` / ``m3-orth-moment`` / ``m3-rms-only`` the other candidates of
-its ablation), the
+the literal rule, ``m3-precondition`` (the earlier default) and ``m3-precondition-shape`` / ``m3-orth-moment`` /
+``m3-rms-only`` the other candidates of its ablation), the
 schedule is the trainer's warm-up + cosine, gradients are clipped by the trainer, and validation bits per
 byte is the trainer's own (the first ``eval_tokens`` tokens of the corpus's validation split). The corpus is
 the trainer's default ``stdlib`` (the Python standard library's ``.py`` sources, split by a hash of each
@@ -86,6 +86,7 @@ DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
     "m3": ADAM_SCALE,
     "m3-paper": (1e-4, 3e-4, 1e-3, 3e-3, 1e-2),
     "m3-precondition": ADAM_SCALE,
+    "m3-precondition-project": ADAM_SCALE,
     "m3-precondition-shape": ADAM_SCALE,
     "m3-orth-moment": ADAM_SCALE,
     "m3-rms-only": ADAM_SCALE,
@@ -95,6 +96,7 @@ DEFAULT_GRIDS: dict[str, tuple[float, ...]] = {
 DEFAULT_OPTIMIZERS = ("adamw", "m3", "m3-paper", "deepmomentumgd", "nesteddeepmomentumgd")
 DISPLAY = {
     "adamw": "AdamW", "m3": "M3 (stable)", "m3-paper": "M3 (paper)", "m3-precondition": "M3 (precondition)",
+    "m3-precondition-project": "M3 (precondition-project)",
     "m3-precondition-shape": "M3 (precondition-shape)",
     "m3-rms-only": "M3 (rms-only)", "m3-orth-moment": "M3 (orth-moment)", "deepmomentumgd": "DeepMomentumGD",
     "nesteddeepmomentumgd": "NestedDeepMomentumGD", "momentumgd": "MomentumGD",

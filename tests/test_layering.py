@@ -11,10 +11,10 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "ttmem"
 
-# Lowest first; a package may import its own modules and any package of a lower layer. The three leaf
+# Lowest first; a package may import its own modules and any package of a lower layer. The four leaf
 # modules import no ttmem code at all.
 LAYERS: list[set[str]] = [
-    {"fileio", "progress", "newton_schulz"},
+    {"fileio", "progress", "newton_schulz", "fused"},
     {"memory"},
     {"layers"},
     {"models"},

@@ -8,6 +8,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn import functional as F
 
+from ttmem.fused import declare_row_blocks
 from ttmem.newton_schulz import SINGULAR_VALUE_BAND
 from ttmem.optim import M3, m3_param_groups
 from ttmem.train.optim import build_optimizer
@@ -16,13 +17,16 @@ VOCAB = 32
 
 
 class TinyLM(nn.Module):
-    """Embedding, a residual MLP with biases, a norm and an untied output head: every parameter kind."""
+    """Embedding, a residual MLP with biases, a norm and an untied output head: every parameter kind.
+    ``fused=True`` declares ``up`` as three stacked ``(dim, 2 dim)`` matrices (``ttmem.fused``)."""
 
-    def __init__(self, dim: int = 24, seed: int = 0):
+    def __init__(self, dim: int = 24, seed: int = 0, fused: bool = False):
         super().__init__()
         torch.manual_seed(seed)
         self.embed = nn.Embedding(VOCAB, dim)
         self.up = nn.Linear(2 * dim, 3 * dim)
+        if fused:
+            declare_row_blocks(self.up, [dim] * 3)
         self.down = nn.Linear(3 * dim, dim)
         self.norm = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, VOCAB, bias=False)
@@ -168,11 +172,11 @@ def update_norms(optimizer_factory, grads: list[torch.Tensor]) -> list[torch.Ten
     return updates
 
 
-def test_default_update_has_adams_size_and_newton_schulz_direction():
-    """The default rule: each step's Frobenius norm is torch.optim.Adam's on the same gradients (slow
+def test_precondition_update_has_adams_size_and_newton_schulz_direction():
+    """The precondition rule: each step's Frobenius norm is torch.optim.Adam's on the same gradients (slow
     term off), its direction Newton–Schulz's (singular values equal up to the band), not Adam's."""
     lr, grads = 1e-2, gradient_sequence(25, fade_after=12, fade=1e-6)
-    ours = update_norms(lambda p: M3(p, lr=lr, alpha=0.0, betas=(0.9, 0.95, 0.9)), grads)
+    ours = update_norms(lambda p: M3(p, lr=lr, alpha=0.0, betas=(0.9, 0.95, 0.9), variant="precondition"), grads)
     adam = update_norms(lambda p: torch.optim.Adam(p, lr=lr, betas=(0.9, 0.95), eps=1e-8), grads)
     for step, (mine, reference) in enumerate(zip(ours, adam, strict=True)):
         torch.testing.assert_close(torch.linalg.matrix_norm(mine), torch.linalg.matrix_norm(reference),
@@ -183,11 +187,12 @@ def test_default_update_has_adams_size_and_newton_schulz_direction():
     assert torch.linalg.svdvals(adam[5]).max() / torch.linalg.svdvals(adam[5]).min() > high / low
 
 
-def test_default_update_shrinks_when_gradients_vanish_where_fixed_size_does_not():
+@pytest.mark.parametrize("variant", ["precondition-project", "precondition"])
+def test_adam_sized_update_shrinks_when_gradients_vanish_where_fixed_size_does_not(variant):
     """After the gradient falls by 1e6 the default's fast term shrinks as Adam's does (the stale momentum
     decays against the second moment); the fixed-size rule keeps stepping at lr * update_rms along it."""
     lr, grads = 1e-2, gradient_sequence(40, fade_after=10, fade=1e-6)
-    default = update_norms(lambda p: M3(p, lr=lr, alpha=0.0), grads)
+    default = update_norms(lambda p: M3(p, lr=lr, alpha=0.0, variant=variant), grads)
     fixed = update_norms(lambda p: M3(p, lr=lr, alpha=0.0, variant="precondition-shape"), grads)
     rms = [[u.square().mean().sqrt().item() / lr for u in run] for run in (default, fixed)]
     low, _ = SINGULAR_VALUE_BAND
@@ -195,7 +200,8 @@ def test_default_update_shrinks_when_gradients_vanish_where_fixed_size_does_not(
     assert min(rms[1][10:]) >= low * (1 - 1e-6), rms[1]
 
 
-def test_default_update_obeys_the_documented_bound_with_a_long_slow_memory():
+@pytest.mark.parametrize("variant", ["precondition-project", "precondition"])
+def test_adam_sized_update_obeys_the_documented_bound_with_a_long_slow_memory(variant):
     """RMS(U) <= 1.165 + alpha per unit lr (module docstring), also when the slow momentum remembers far
     longer than the second moment (f / (1 - β3) = 1000 steps against 1 / (1 - β2) = 20) and the gradient
     then vanishes: the slow term is divided by its own second moment, not by the fast one."""
@@ -203,13 +209,15 @@ def test_default_update_obeys_the_documented_bound_with_a_long_slow_memory():
     bound = (1 - beta1) / ((1 - beta2) * (1 - beta1**2 / beta2)) ** 0.5
     assert abs(bound - 1.165) < 1e-3
     grads = gradient_sequence(300, fade_after=40, fade=1e-6)
-    updates = update_norms(lambda p: M3(p, lr=lr, alpha=alpha, betas=(beta1, beta2, 0.99), frequency=10), grads)
+    updates = update_norms(
+        lambda p: M3(p, lr=lr, alpha=alpha, betas=(beta1, beta2, 0.99), frequency=10, variant=variant), grads)
     rms = [u.square().mean().sqrt().item() / lr for u in updates]
     assert max(rms) <= bound + alpha, max(rms)
 
 
-def test_state_dict_round_trip_mid_run_continues_identically():
-    model = TinyLM()
+@pytest.mark.parametrize("fused", [False, True])
+def test_state_dict_round_trip_mid_run_continues_identically(fused):
+    model = TinyLM(fused=fused)
     optimizer = M3(m3_param_groups(model, weight_decay=0.01), frequency=4)
     train_lm(model, optimizer, 6)  # mid-chunk: the slow direction and the chunk's gradient sum are live
     buffer = io.BytesIO()
@@ -218,10 +226,13 @@ def test_state_dict_round_trip_mid_run_continues_identically():
 
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
-    restored = TinyLM(seed=5)
+    restored = TinyLM(seed=5, fused=fused)
     restored.load_state_dict(saved["model"])
     restored_optimizer = M3(m3_param_groups(restored, weight_decay=0.01), frequency=4)
     restored_optimizer.load_state_dict(saved["optimizer"])
+    groups = restored_optimizer.param_groups
+    blocks = [g["row_blocks"] for g in groups if any(q is restored.up.weight for q in g["params"])]
+    assert blocks == [(24, 24, 24) if fused else None]
     assert train_lm(restored, restored_optimizer, 7, start=6) == expected
     for a, b in zip(model.parameters(), restored.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -231,7 +242,7 @@ def test_paper_variant_is_selected_and_differs_from_default():
     model, twin = TinyLM(), TinyLM()
     paper = M3(m3_param_groups(model), variant="paper")
     stable = M3(m3_param_groups(twin))
-    assert paper.param_groups[0]["variant"] == "paper" and stable.param_groups[0]["variant"] == "precondition"
+    assert paper.param_groups[0]["variant"] == "paper" and stable.param_groups[0]["variant"] == "precondition-project"
     train_lm(model, paper, 2)
     train_lm(twin, stable, 2)
     assert not torch.equal(model.up.weight, twin.up.weight)
@@ -246,7 +257,8 @@ def test_bad_variant_and_update_rms_name_the_argument():
 
 def test_trainer_names_pick_variants():
     model = TinyLM()
-    assert build_optimizer("m3", model, 1e-3, 0.0, (0.9, 0.95)).param_groups[0]["variant"] == "precondition"
+    default = build_optimizer("m3", model, 1e-3, 0.0, (0.9, 0.95))
+    assert default.param_groups[0]["variant"] == "precondition-project"
     assert build_optimizer("M3-paper", model, 1e-3, 0.0, (0.9, 0.95)).param_groups[0]["variant"] == "paper"
     built = build_optimizer("m3-precondition", model, 1e-3, 0.1, (0.9, 0.95))
     flags = {id(p): (g["orthogonalize"], g["weight_decay"]) for g in built.param_groups for p in g["params"]}

@@ -163,7 +163,14 @@ def ns_reference(momentum, steps=5):
     )
 
 
-@pytest.mark.parametrize("variant", ["orth-moment", "precondition", "precondition-shape", "rms-only"])
+def project_reference(momentum, steps=5):
+    """Adam's update projected on its Newton–Schulz direction: the multiple of D closest to it."""
+    direction = ns_reference(momentum, steps)
+    return direction * (direction * momentum).sum() / direction.square().sum()
+
+
+@pytest.mark.parametrize("variant",
+                         ["orth-moment", "precondition", "precondition-project", "precondition-shape", "rms-only"])
 def test_stable_m3_matches_naive_reference(variant):
     """The stable rules of the M3 module docstring, written out step by step; 1-D parameters get AdamW."""
     lr, (b1, b2, b3), alpha, f, eps, rms, wd = 0.02, (0.8, 0.9, 0.7), 0.4, 4, 1e-8, 0.2, 0.1
@@ -187,10 +194,11 @@ def test_stable_m3_matches_naive_reference(variant):
             if len(shape) < 2:  # AdamW
                 v = b2 * v + (1 - b2) * g * g
                 update = m1_hat / ((v / (1 - b2**t)).sqrt() + eps)
-            elif variant == "precondition":  # direction of NS, Frobenius norm of Adam's update
+            elif variant in ("precondition", "precondition-project"):  # NS direction, Adam's norm / projection
+                size = orth_reference if variant == "precondition" else project_reference
                 v = b2 * v + (1 - b2) * g * g
                 denom = (v / (1 - b2**t)).sqrt() + eps
-                update = orth_reference(m1_hat / denom) + alpha * o2
+                update = size(m1_hat / denom) + alpha * o2
             elif variant == "precondition-shape":
                 v = b2 * v + (1 - b2) * g * g
                 denom = (v / (1 - b2**t)).sqrt() + eps
@@ -210,8 +218,8 @@ def test_stable_m3_matches_naive_reference(variant):
                 v2 = b3 * v2 + (1 - b3) * chunk_sq / f
                 slow_updates += 1
                 m2_hat = m2 / (1 - b3**slow_updates)
-                if variant == "precondition":  # the slow momentum over its own second moment
-                    o2 = orth_reference(m2_hat / ((v2 / (1 - b3**slow_updates)).sqrt() + eps))
+                if variant in ("precondition", "precondition-project"):  # slow momentum over its own moment
+                    o2 = size(m2_hat / ((v2 / (1 - b3**slow_updates)).sqrt() + eps))
                 elif variant == "precondition-shape":
                     o2 = ns_reference(m2_hat / denom)
                 else:

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ttmem.fused import declare_row_blocks
+
 
 class RotaryEmbedding(nn.Module):
     """Rotary position embedding (rotate-half convention) on the last dimension."""
@@ -195,6 +197,7 @@ class Attention(nn.Module):
         self.heads, self.dim_head, self.window, self.block_size = heads, dim_head, window, block_size
         inner = heads * dim_head
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
+        declare_row_blocks(self.to_qkv, [inner] * 3)  # q, k, v: three matrices (ttmem.fused)
         self.to_out = nn.Linear(inner, dim, bias=False)
         self.rotary = RotaryEmbedding(dim_head, rotary_base)
         self.persistent = (

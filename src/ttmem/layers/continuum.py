@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ttmem.fused import declare_row_blocks
 from ttmem.layers.mlp import mlp_hidden_size
 from ttmem.memory import MemoryState, get_rule, initial_state, run_memory
 
@@ -50,6 +51,7 @@ class ContinuumLevel(nn.Module):
         self.w_in = nn.Parameter(torch.randn(hidden, dim) / math.sqrt(dim))
         self.w_out = nn.Parameter(torch.randn(dim, hidden) / math.sqrt(hidden))
         self.to_key_value = nn.Linear(dim, 2 * dim, bias=False)
+        declare_row_blocks(self.to_key_value, [dim] * 2)  # key, value: two matrices (ttmem.fused)
         self.to_step = nn.Linear(dim, 1)
         nn.init.zeros_(self.to_step.weight)
         nn.init.constant_(self.to_step.bias, -2.0)  # start with small steps, sigmoid(-2) ~ 0.12

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ttmem.fused import declare_row_blocks
+
 
 def mlp_hidden_size(dim: int, mlp_ratio: float) -> int:
     """Hidden width of a SwiGLU block: mlp_ratio * dim rounded up to a multiple of 8."""
@@ -25,6 +27,7 @@ class SwiGLU(nn.Module):
         super().__init__()
         hidden = mlp_hidden_size(dim, mlp_ratio)
         self.to_gate_and_value = nn.Linear(dim, 2 * hidden, bias=False)
+        declare_row_blocks(self.to_gate_and_value, [hidden] * 2)  # two matrices (ttmem.fused)
         self.to_out = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..fused import declare_row_blocks
 from ..memory import MemoryRule, MemoryState, get_rule, initial_state, run_memory
 from ..memory.functional import check_chunk_size, check_input_values, value_checks_enabled
 from .paging import SymplecticPaging
@@ -100,6 +101,9 @@ class NeuralMemory(nn.Module):
         inner = heads * self.dim_head
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.conv = nn.Conv1d(3 * inner, 3 * inner, conv_kernel, groups=3 * inner) if conv_kernel > 1 else None
+        for fused in (self.to_qkv, self.conv):  # q, k, v: three matrices (ttmem.fused)
+            if fused is not None:
+                declare_row_blocks(fused, [inner] * 3)
 
         # Gate order: lr, [momentum], [forget], [threshold]; the biases set each gate's value at initialisation.
         init = {**GATE_INIT, **(gate_init or {})}
