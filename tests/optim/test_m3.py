@@ -94,6 +94,18 @@ def test_routing_puts_each_parameter_kind_where_the_docstring_says():
     assert len(placement) == len(list(model.parameters()))
 
 
+def test_per_head_norm_gains_get_adamw_without_decay():
+    from ttmem.layers import NeuralMemory
+
+    layer = NeuralMemory(16, heads=2, chunk_size=4)
+    groups = m3_param_groups(layer, weight_decay=0.1)
+    placement = {id(p): g for g in groups for p in g["params"]}
+    gain = placement[id(layer.out_norm_weight)]
+    assert layer.out_norm_weight.ndim == 2 and gain["weight_decay"] == 0.0 and gain["orthogonalize"] is False
+    assert all(q.ndim < 2 or q is layer.out_norm_weight for q in gain["params"])  # the 1-D (AdamW) group
+    assert placement[id(layer.to_qkv.weight)].get("orthogonalize", True)
+
+
 def test_tied_head_is_listed_once():
     model = TinyLM()
     model.head.weight = model.embed.weight

@@ -118,8 +118,9 @@ linear map) gets AdamW in the stable variants: ``θ ← θ − lr · M̂1 / (√
 same ``lr``, which is comparable because the default matrix update has Adam's size (the fixed-size
 variants match Adam's first-step RMS with ``update_rms = 1``). ``m3_param_groups(model)``
 builds that split (``nn.Embedding`` tables and modules named ``lm_head`` / ``head`` / ``output`` go to
-the AdamW group; only ≥2-D parameters are decayed). The paper variant keeps its own fallback for these
-parameters, Adam with the slow momentum added: ``(M̂1 + α M̂2) / (√V̂ + ε)``.
+the AdamW group, and so do norm gains stored per head as ≥2-D parameters, named ``*norm*``, such as the
+memory layer's ``out_norm_weight``; only ≥2-D parameters are decayed, norm gains never). The paper variant
+keeps its own fallback for these parameters, Adam with the slow momentum added: ``(M̂1 + α M̂2) / (√V̂ + ε)``.
 
 **Fused weights.** Every rule above acts on one matrix, a linear map. A layer that computes several
 projections with one weight (queries, keys and values from one ``nn.Linear(d, 3 · inner)`` whose output is cut
@@ -197,6 +198,12 @@ def token_matrices(model: nn.Module) -> list[nn.Parameter]:
     return list(found.values())
 
 
+def norm_gains(model: nn.Module) -> list[nn.Parameter]:
+    """Norm gains stored as ≥2-D parameters (one gain vector per head, e.g. ``NeuralMemory.out_norm_weight``):
+    parameters whose own name contains ``norm``. They scale channels, they are not linear maps."""
+    return [p for name, p in model.named_parameters() if p.ndim >= 2 and "norm" in name.rsplit(".", 1)[-1]]
+
+
 def fused_layouts(model: nn.Module) -> dict[int, tuple[int, ...]]:
     """``id(param) -> row blocks`` for every ≥2-D parameter of a module that declares a fused layout
     (``ttmem.fused.declare_row_blocks``) and whose first dimension is the declared one."""
@@ -219,20 +226,21 @@ def m3_param_groups(model: nn.Module, weight_decay: float = 0.0) -> list[dict[st
     decayed) and 1-D parameters (not decayed; AdamW either way); empty groups are left out.
     """
     tokens = {id(p) for p in token_matrices(model)}
+    gains = {id(p) for p in norm_gains(model)}
     layouts = fused_layouts(model)
     unique = list({id(p): p for p in model.parameters() if p.requires_grad}.values())
     hidden: dict[tuple[int, ...] | None, list[nn.Parameter]] = {None: []}
     for param in unique:
-        if param.ndim >= 2 and id(param) not in tokens:
+        if param.ndim >= 2 and id(param) not in tokens and id(param) not in gains:
             hidden.setdefault(layouts.get(id(param)), []).append(param)
     token = [p for p in unique if id(p) in tokens]
-    vectors = [p for p in unique if p.ndim < 2]
+    vectors = [p for p in unique if p.ndim < 2 or id(p) in gains]
     groups = [
         {"params": params, "weight_decay": weight_decay, "row_blocks": blocks} for blocks, params in hidden.items()
     ]
     groups += [
         {"params": token, "weight_decay": weight_decay, "orthogonalize": False},
-        {"params": vectors, "weight_decay": 0.0},
+        {"params": vectors, "weight_decay": 0.0, "orthogonalize": False},
     ]
     return [g for g in groups if g["params"]]
 
