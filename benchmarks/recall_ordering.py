@@ -237,7 +237,7 @@ def train_one(arch: str, task: str, seed: int, args: argparse.Namespace, ratio: 
                         batch_size=args.batch, lr=args.lr, warmup=args.warmup, eval_examples=args.eval_examples,
                         seed=seed)
     torch.manual_seed(seed)
-    model = build_model(f"{arch}-tiny", mlp_ratio=ratio, **shape_overrides(args), **args.model_args.get(arch, {}))
+    model = build_model(f"{arch}-tiny", mlp_ratio=ratio, **{**shape_overrides(args), **args.model_args.get(arch, {})})
     began = time.perf_counter()
     scores = run_mqar(model, recipe, reach) if task == "mqar" else run_needle(model, recipe, args)
     return {"arch": arch, "task": task, "seed": seed, "parameters": count_parameters(model),

@@ -80,5 +80,9 @@ def test_set_reaches_one_architecture_and_rejects_unknown_ones(tmp_path):
             for output in ("product", "gate")}
     assert runs["gate"]["args"]["model_args"] == {"mac": {"mac_output": "gate"}}
     assert runs["gate"]["mlp_ratios"]["mac"] < runs["product"]["mlp_ratios"]["mac"]  # the gate's weights are paid for
+    # a shared shape field set for one architecture overrides the shared value, in matching and in training alike
+    narrow = bench.main(TINY + ["--archs", "swa_transformer", "--tasks", "mqar", "--seeds", "0",
+                                "--set", "swa_transformer.window=2", "--out", str(tmp_path / "narrow.json")])
+    assert narrow["args"]["model_args"] == {"swa_transformer": {"window": 2}} and len(narrow["runs"]) == 1
     with pytest.raises(SystemExit):
         bench.main(TINY + ["--set", "nope.x=1", "--out", str(tmp_path / "c.json")])
