@@ -1,0 +1,213 @@
+"""The arithmetic behind a training step's speed: how long its matrix products alone take, against the whole step.
+
+    OMP_NUM_THREADS=1 python benchmarks/flop_budget.py --threads 1 --seqs 256 1024
+
+For every architecture's tiny preset (default: the Transformer peer and the Titans family) one training step
+(forward, backward and an AdamW update on random bytes, batch ``--batch``) runs once under a dispatch mode
+that records every matrix product the step issues (``mm``, ``addmm``: weights shared by every token, "dense";
+``bmm``, ``baddbmm``: batched products, which in a memory model are the memory engine's per-sequence weights,
+"batched"), with its operand shapes and strides. Then, on the same machine and in the same process:
+
+- each recorded product is replayed alone, at its own shapes and strides, and timed (median of
+  ``--replays`` runs after a warm-up); summed over the step's calls this is ``matmul_s``, the time the step's
+  matrix products take with nothing else running between them and their operands hot in cache;
+- the step itself is timed (median of ``--steps`` runs, every model stepping in turn, so load drift is shared).
+
+From these the bound: a step cannot take less than its products take, so a model's tokens/s cannot exceed
+the peer's measured tokens/s × t_peer / matmul_s(model) (``ceiling_ratio``, every non-matmul cost removed;
+sdpa, convolutions and elementwise work all counted as free). ``ceiling_ratio_peer_overhead`` adds back the
+peer's own non-matmul seconds (as if the model's elementwise and bookkeeping work cost no more than the
+Transformer's). Where ``ceiling_ratio`` is below a target, no implementation of the same products (same
+shapes, same FLOPs) reaches it on this machine; where it is above, the gap is the rest (``other_s``).
+
+FLOPs are 2·m·n·k per product (the products' own closed form; the test checks them against torch's
+``FlopCounterMode``). Writes JSON (``--out``) and prints a Markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from ttmem.models import ARCHITECTURES, build_model, count_parameters
+from ttmem.models.presets import VARIANTS
+
+DEFAULT_ARCHS = ("transformer", "lmm", "mac", "mag", "mal", "hope")
+_DENSE = {"mm": (0, 1), "addmm": (1, 2)}     # op -> positions of the two matrix operands
+_BATCHED = {"bmm": (0, 1), "baddbmm": (1, 2)}
+_ALL = {**_DENSE, **_BATCHED}
+
+
+def _signature(t: torch.Tensor) -> tuple:
+    return tuple(t.shape), tuple(t.stride()), t.dtype
+
+
+class MatmulRecorder(TorchDispatchMode):
+    """Counts every matrix product by (op, operand shapes and strides); ``calls[key]`` = how many times."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name in _ALL:
+            key = (name, *(_signature(a) if isinstance(a, torch.Tensor) else a for a in args))
+            self.calls[key] += 1
+        return func(*args, **(kwargs or {}))
+
+
+def product_flops(key: tuple) -> int:
+    """2·m·n·k (times the batch for bmm / baddbmm) of one recorded call."""
+    name = key[0]
+    first, second = _ALL[name]
+    a, b = key[1 + first][0], key[1 + second][0]
+    batch = a[0] if name in _BATCHED else 1
+    return 2 * batch * a[-2] * a[-1] * b[-1]
+
+
+def _materialise(arg):
+    if isinstance(arg, tuple) and len(arg) == 3 and isinstance(arg[2], torch.dtype):
+        shape, stride, dtype = arg  # one random storage viewed with the recorded strides (broadcasts included)
+        size = 1 + sum((n - 1) * s for n, s in zip(shape, stride)) if all(shape) else 0
+        return torch.randn(size, dtype=dtype).as_strided(shape, stride)
+    return arg
+
+
+def replay_seconds(key: tuple, replays: int) -> float:
+    """Median seconds of one call with this signature, run alone on random operands of the same layout."""
+    func = getattr(torch.ops.aten, key[0]).default
+    args = [_materialise(a) for a in key[1:]]
+    func(*args)
+    times = []
+    for _ in range(replays):
+        start = time.perf_counter()
+        func(*args)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def training_step(model: torch.nn.Module, batch: int, seq: int):
+    """One AdamW step of next-token cross-entropy on a fixed batch of random bytes."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    data = torch.randint(0, model.config.vocab_size, (batch, seq + 1))
+
+    def step() -> None:
+        logits = model(data[:, :-1]).logits
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), data[:, 1:].reshape(-1))
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def record_step(step) -> Counter:
+    recorder = MatmulRecorder()
+    with recorder:
+        step()
+    return recorder.calls
+
+
+def budget(calls: Counter, replays: int) -> dict:
+    """FLOPs and replayed seconds of a step's products, dense and batched."""
+    out = {"dense_flops": 0, "batched_flops": 0, "dense_matmul_s": 0.0, "batched_matmul_s": 0.0,
+           "dense_calls": 0, "batched_calls": 0}
+    for key, count in calls.items():
+        kind = "dense" if key[0] in _DENSE else "batched"
+        out[f"{kind}_flops"] += count * product_flops(key)
+        out[f"{kind}_matmul_s"] += count * replay_seconds(key, replays)
+        out[f"{kind}_calls"] += count
+    out["matmul_s"] = out["dense_matmul_s"] + out["batched_matmul_s"]
+    out["flops"] = out["dense_flops"] + out["batched_flops"]
+    return out
+
+
+def derive(rows: dict, peer: str) -> None:
+    """Ratios and ceilings against the peer, from the measured and replayed seconds (in place)."""
+    p = rows[peer]
+    for row in rows.values():
+        row["other_s"] = row["step_s"] - row["matmul_s"]
+        row["speed_ratio"] = p["step_s"] / row["step_s"]
+        row["flops_ratio"] = row["flops"] / p["flops"]
+        row["ceiling_ratio"] = p["step_s"] / row["matmul_s"]
+        row["ceiling_ratio_peer_overhead"] = p["step_s"] / (row["matmul_s"] + p["other_s"])
+        for kind in ("dense", "batched"):
+            seconds = row[f"{kind}_matmul_s"]
+            row[f"{kind}_gflops_per_s"] = row[f"{kind}_flops"] / seconds / 1e9 if seconds else None
+
+
+def run_table(archs: list[str], peer: str, batch: int, seq: int, steps: int, replays: int) -> dict:
+    names = [f"{peer}-tiny"] + [f"{a}-tiny" for a in archs if a != peer]
+    models, step_fns, rows = {}, {}, {}
+    for name in names:
+        torch.manual_seed(0)
+        models[name] = build_model(name)
+        step_fns[name] = training_step(models[name], batch, seq)
+        step_fns[name]()  # warm-up
+        rows[name] = {"parameters": count_parameters(models[name]), **budget(record_step(step_fns[name]), replays)}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(steps):  # models in turn: load drift is shared
+        for name in names:
+            start = time.perf_counter()
+            step_fns[name]()
+            times[name].append(time.perf_counter() - start)
+    for name in names:
+        rows[name]["step_s"] = statistics.median(times[name])
+        rows[name]["step_runs_s"] = times[name]
+        rows[name]["tokens_per_s"] = batch * seq / rows[name]["step_s"]
+    derive(rows, names[0])
+    return rows
+
+
+def print_table(rows: dict, batch: int, seq: int, peer: str) -> None:
+    print(f"\nbatch {batch} x seq {seq}: GFLOP per training step, seconds, ratios against {peer}")
+    print("| model | GFLOP dense | GFLOP batched | × FLOPs | step s | matmuls alone s (dense + batched) | other s "
+          "| batched GFLOP/s | tokens/s × | ceiling × | ceiling with peer's other × |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        rate = "" if r["batched_gflops_per_s"] is None else f"{r['batched_gflops_per_s']:.0f}"
+        print(f"| {name} | {r['dense_flops'] / 1e9:.2f} | {r['batched_flops'] / 1e9:.2f} | {r['flops_ratio']:.2f} | "
+              f"{r['step_s']:.3f} | {r['matmul_s']:.3f} ({r['dense_matmul_s']:.3f} + {r['batched_matmul_s']:.3f}) | "
+              f"{r['other_s']:.3f} | {rate} | {r['speed_ratio']:.2f} | {r['ceiling_ratio']:.2f} | "
+              f"{r['ceiling_ratio_peer_overhead']:.2f} |", flush=True)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--archs", nargs="+", default=list(DEFAULT_ARCHS), choices=[*ARCHITECTURES, *VARIANTS])
+    parser.add_argument("--peer", default="transformer")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--seqs", type=int, nargs="+", default=[256])
+    parser.add_argument("--steps", type=int, default=5, help="timed training steps per model (median)")
+    parser.add_argument("--replays", type=int, default=9, help="timed replays per distinct product (median)")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flop_budget.json"))
+    args = parser.parse_args(argv)
+    for name, value in (("batch", args.batch), ("steps", args.steps), ("replays", args.replays)):
+        if value < 1:
+            parser.error(f"--{name} must be >= 1, got {value}")
+    torch.set_num_threads(args.threads)
+    results = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
+               "tables": {}}
+    for seq in args.seqs:
+        rows = run_table(args.archs, args.peer, args.batch, seq, args.steps, args.replays)
+        results["tables"][str(seq)] = rows
+        print_table(rows, args.batch, seq, args.peer)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
