@@ -39,6 +39,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from ttmem.models import ARCHITECTURES, build_model, count_parameters
 from ttmem.models.presets import VARIANTS
+from ttmem.train.config import parse_overrides
 
 DEFAULT_ARCHS = ("transformer", "lmm", "mac", "mag", "mal", "hope")
 _DENSE = {"mm": (0, 1), "addmm": (1, 2)}     # op -> positions of the two matrix operands
@@ -145,12 +146,14 @@ def derive(rows: dict, peer: str) -> None:
             row[f"{kind}_gflops_per_s"] = row[f"{kind}_flops"] / seconds / 1e9 if seconds else None
 
 
-def run_table(archs: list[str], peer: str, batch: int, seq: int, steps: int, replays: int) -> dict:
+def run_table(archs: list[str], peer: str, batch: int, seq: int, steps: int, replays: int,
+              overrides: dict | None = None) -> dict:
+    """``overrides``: ModelConfig fields set on every model but the peer (e.g. a chunk size)."""
     names = [f"{peer}-tiny"] + [f"{a}-tiny" for a in archs if a != peer]
     models, step_fns, rows = {}, {}, {}
     for name in names:
         torch.manual_seed(0)
-        models[name] = build_model(name)
+        models[name] = build_model(name, **({} if name == names[0] else overrides or {}))
         step_fns[name] = training_step(models[name], batch, seq)
         step_fns[name]()  # warm-up
         rows[name] = {"parameters": count_parameters(models[name]), **budget(record_step(step_fns[name]), replays)}
@@ -189,9 +192,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seqs", type=int, nargs="+", default=[256])
     parser.add_argument("--steps", type=int, default=5, help="timed training steps per model (median)")
     parser.add_argument("--replays", type=int, default=9, help="timed replays per distinct product (median)")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
+                        help="ModelConfig fields for every model but the peer, e.g. chunk_size=64")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/flop_budget.json"))
     args = parser.parse_args(argv)
+    try:
+        overrides = parse_overrides(args.set)
+        for arch in args.archs:  # refuse an unknown field or a bad value before any timing
+            if arch != args.peer:
+                build_model(f"{arch}-tiny", **overrides)
+    except (ValueError, TypeError) as error:
+        parser.error(f"--set: {error}")
     for name, value in (("batch", args.batch), ("steps", args.steps), ("replays", args.replays)):
         if value < 1:
             parser.error(f"--{name} must be >= 1, got {value}")
@@ -200,7 +212,7 @@ def main(argv: list[str] | None = None) -> dict:
                "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads},
                "tables": {}}
     for seq in args.seqs:
-        rows = run_table(args.archs, args.peer, args.batch, seq, args.steps, args.replays)
+        rows = run_table(args.archs, args.peer, args.batch, seq, args.steps, args.replays, overrides)
         results["tables"][str(seq)] = rows
         print_table(rows, args.batch, seq, args.peer)
     args.out.parent.mkdir(parents=True, exist_ok=True)

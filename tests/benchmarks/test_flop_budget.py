@@ -71,3 +71,13 @@ def test_bad_arguments_are_refused_by_name(capsys):
     with pytest.raises(SystemExit):
         flop_budget.main(["--steps", "0"])
     assert "--steps must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        flop_budget.main(["--archs", "lmm", "--set", "chunk_sise=64"])
+    assert "--set: unknown ModelConfig field(s): chunk_sise" in capsys.readouterr().err
+
+
+def test_overrides_reach_the_models_but_not_the_peer():
+    rows = flop_budget.run_table(["transformer", "lmm"], "transformer", 1, 32, 1, 1, {"chunk_size": 32})
+    base = flop_budget.run_table(["transformer", "lmm"], "transformer", 1, 32, 1, 1)
+    assert rows["transformer-tiny"]["flops"] == base["transformer-tiny"]["flops"]
+    assert rows["lmm-tiny"]["batched_flops"] != base["lmm-tiny"]["batched_flops"]  # one chunk of 32, not two of 16
