@@ -150,7 +150,7 @@ class NeuralMemory(nn.Module):
         seq = torch.cat([cache, seq], dim=2)
         weight, bias = self.conv.weight[channels], self.conv.bias[channels]
         if seq.shape[2] == self.conv_kernel:  # one new token (decoding): a dot product beats a conv call
-            out = torch.einsum("bck,ck->bc", seq, weight[:, 0]).add_(bias).unsqueeze(-1)
+            out = torch.linalg.vecdot(seq, weight[:, 0]).add_(bias).unsqueeze(-1)
         else:
             out = F.conv1d(seq, weight, bias, groups=seq.shape[1])
         return F.silu(out), seq[:, :, -(self.conv_kernel - 1):]
@@ -184,8 +184,9 @@ class NeuralMemory(nn.Module):
         if self.conv is not None:
             seq, new_cache = self._conv(qkv.transpose(1, 2), conv_cache, slice(None))
             qkv = seq.transpose(1, 2)
-        q, k, v = self._heads(qkv, 3).unbind(0)
-        return F.normalize(q, dim=-1), F.normalize(k, dim=-1), v, new_cache
+        heads = self._heads(qkv, 3)
+        q, k = F.normalize(heads[:2], dim=-1).unbind(0)  # one call for both (same values as two)
+        return q, k, heads[2], new_cache
 
     def _project_queries(self, x: Tensor, conv_cache: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Only the queries (reads without writes): the q third of the projection and of the conv. The conv
@@ -218,7 +219,8 @@ class NeuralMemory(nn.Module):
                 held = logits[:, -1:]
         logits = logits.permute(0, 2, 1, 3)  # [B, heads, T, n_gates]
         names = ["lr"] + (["momentum"] if self.rule.momentum else []) + (["forget"] if self.rule.forgetting else [])
-        gates = {name: torch.sigmoid(logits[..., i]) for i, name in enumerate(names)}
+        probs = torch.sigmoid(logits)  # one call for every gate (the threshold's column is unused)
+        gates = {name: probs[..., i] for i, name in enumerate(names)}
         gates["lr"] = self.max_lr * gates["lr"]
         if self.forget_gate == "mamba2":
             gates["forget"] = self._mamba2_forget(logits[..., names.index("forget")])

@@ -30,6 +30,16 @@ def step_applies(rule: MemoryRule, state: MemoryState) -> bool:
             and state.anchor is None)
 
 
+def _rank_one_into(base: Tensor, left: Tensor, right: Tensor) -> Tensor:
+    """base + leftᵀ right for left [..., 1, m], right [..., 1, n], accumulated in place into ``base`` [..., m, n],
+    which must be a fresh temporary of the caller's (autograd keeps working: a product's backward does not need
+    the value it overwrote)."""
+    m, n = base.shape[-2:]
+    base = base.contiguous()  # a no-op unless the buffer it was made from had another layout
+    base.view(-1, m, n).baddbmm_(left.reshape(-1, 1, m).mT, right.reshape(-1, 1, n))
+    return base
+
+
 def memorize_token(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep: Tensor | None,
                    eta: Tensor | None, thr: Tensor | None, chunk: int, state: MemoryState
                    ) -> tuple[Tensor, MemoryState]:
@@ -43,24 +53,21 @@ def memorize_token(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor
     pred, xs, pre = arch.forward_with_cache(at, k)
     target = arch.forward(at, v) if rule.self_targets else v
     gs = arch.output_grads(at, pre, rule.objective.grad(pred, target, thr))
-    theta = lr.unsqueeze(-1)  # [B, H, 1, 1]
     # Per layer the token's scaled weight gradient −θ g xᵀ, as a matmul (so FLOP counters see the rank-one
     # product), with θ applied to the small factor g rather than to the weight-sized product.
-    scaled = tuple((-theta * g).mT @ x for g, x in zip(gs, xs))
-
-    # Decays as one addcmul each (u + s ⊙ keep): one pass over the weight-sized tensors instead of two.
-    momentum, step = state.momentum, scaled
-    momentum_step = state.momentum_step
-    if momentum is not None:
-        if eta is None:  # no momentum carried over: the buffer is this token's step
-            momentum = scaled
-            momentum_step = None if momentum_step is None else scaled
-        else:
-            keep_m = eta.unsqueeze(-1)
-            momentum = tuple(torch.addcmul(u, s, keep_m) for s, u in zip(momentum, scaled))
-            if momentum_step is not None:
-                momentum_step = tuple(torch.addcmul(u, s, keep_m) for s, u in zip(momentum_step, scaled))
-        # Newton–Schulz rules: the weights see the orthogonalised buffer
+    factors = tuple(-lr.unsqueeze(-1) * g for g in gs)  # [B, H, 1, out]
+    momentum, momentum_step = state.momentum, state.momentum_step
+    if momentum is None or eta is None:
+        step = tuple(f.mT @ x for f, x in zip(factors, xs))
+        if momentum is not None:  # no momentum carried over: the buffer is this token's step
+            momentum = step
+            momentum_step = None if momentum_step is None else step
+    else:  # η S + step, the rank-one product accumulated into the decayed buffer (no separate step tensor)
+        keep_m = eta.unsqueeze(-1)
+        momentum = tuple(_rank_one_into(s * keep_m, f, x) for s, f, x in zip(momentum, factors, xs))
+        if momentum_step is not None:
+            momentum_step = tuple(_rank_one_into(s * keep_m, f, x) for s, f, x in zip(momentum_step, factors, xs))
+    if momentum is not None:  # Newton–Schulz rules: the weights see the orthogonalised buffer
         step = momentum if momentum_step is None else momentum_step
     if keep is None:
         weights = tuple(w + s for w, s in zip(state.weights, step))
