@@ -11,9 +11,10 @@ runs before the first model and after every model, and each model's ratios are t
 peer runs on either side of it: on a shared machine, load drifts over the minutes a table takes.
 
 Decode: for each context length, the model reads the context (prefill, streamed in pieces of
-``--prefill-piece`` tokens) and then decodes ``--decode-tokens`` tokens one at a time; the median
-time per token is reported. Reading a long context through full attention costs O(L^2) on a CPU, so
-for full-attention caches longer than ``--max-real-attention-prefill`` the cache is filled with random
+``--prefill-piece`` tokens) and then decodes ``--decode-tokens`` tokens one at a time under
+``torch.inference_mode`` (as ``generate`` runs); the median time per token is reported. Reading a long
+context through full attention costs O(L^2) on a CPU, so for full-attention caches longer than
+``--max-real-attention-prefill`` the cache is filled with random
 keys and values of the right length instead (marked ``"prefill": "synthetic"``): the cost of one
 decode step depends on the cache length, not on its contents. Every other model reads the context.
 """
@@ -108,7 +109,7 @@ def _synthetic_full_caches(model: torch.nn.Module, state: ModelState, context: i
     return ModelState(layers, context)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def _prefilled(name: str, context: int, piece: int, max_real_attention: int, device: str):
     """(model, state after ``context`` tokens, next token, prefill seconds or None when synthetic)."""
     torch.manual_seed(0)
@@ -141,7 +142,7 @@ def _decode_times(model: torch.nn.Module, state: ModelState, token: torch.Tensor
     return times, state, token
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def decode_latency(name: str, context: int, tokens: int, piece: int, max_real_attention: int, device: str) -> dict:
     """Median seconds per decoded token after a context of ``context`` tokens."""
     model, state, token, prefill_s = _prefilled(name, context, piece, max_real_attention, device)
@@ -150,7 +151,7 @@ def decode_latency(name: str, context: int, tokens: int, piece: int, max_real_at
             "prefill": "synthetic" if prefill_s is None else "real", "prefill_s": prefill_s}
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def interleaved_decode_ratio(name: str, peer: str, context: int, tokens: int, rounds: int, piece: int,
                              max_real_attention: int, device: str) -> dict:
     """Model and peer prefilled side by side, then ``rounds`` alternating bursts of ``tokens`` decode steps each;

@@ -147,6 +147,21 @@ def test_greedy_generation_equals_argmax_over_full_forwards():
     assert torch.equal(model.generate(prompt, 9, top_k=1), expected)
 
 
+@pytest.mark.parametrize("arch", ["transformer", "mac", "hope"])
+def test_generated_ids_are_ordinary_tensors_usable_in_training(arch):
+    """generate runs under inference mode; what it returns, and the model after it, must still train."""
+    model = small(arch, chunk_size=4, segment_len=4).eval()
+    ids = model.generate(torch.randint(0, 256, (1, 4)), 5)
+    assert not ids.is_inference()
+    fresh = small(arch, chunk_size=4, segment_len=4)  # the same weights, never used for generation
+    for m in (model.train(), fresh):
+        m(ids).logits.float().mean().backward()
+    for (name, p), q in zip(model.named_parameters(), fresh.parameters(), strict=True):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=0, atol=0, msg=name)
+
+
 def test_sampling_is_reproducible_with_a_generator():
     model = small().eval()
     prompt = torch.randint(0, 256, (1, 4))
