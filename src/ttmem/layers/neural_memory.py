@@ -230,7 +230,7 @@ class NeuralMemory(nn.Module):
 
     def _merge(self, x: Tensor, out: Tensor) -> Tensor:
         """out [B, heads, T, dim_head] -> [B, T, dim]: RMS norm per head, SiLU output gate, head merge."""
-        out = out * torch.rsqrt(out.pow(2).mean(-1, keepdim=True) + 1e-6) * self.out_norm_weight.unsqueeze(1)
+        out = torch.rms_norm(out, out.shape[-1:], eps=1e-6) * self.out_norm_weight.unsqueeze(1)
         out = out.transpose(1, 2).reshape(x.shape[0], x.shape[1], -1) * F.silu(self.to_out_gate(x))
         return self.to_out(out)
 

@@ -55,7 +55,8 @@ def memorize_token(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor
     gs = arch.output_grads(at, pre, rule.objective.grad(pred, target, thr))
     # Per layer the token's scaled weight gradient −θ g xᵀ, as a matmul (so FLOP counters see the rank-one
     # product), with θ applied to the small factor g rather than to the weight-sized product.
-    factors = tuple(-lr.unsqueeze(-1) * g for g in gs)  # [B, H, 1, out]
+    neg_lr = -lr.unsqueeze(-1)
+    factors = tuple(neg_lr * g for g in gs)  # [B, H, 1, out]
     momentum, momentum_step = state.momentum, state.momentum_step
     if momentum is None or eta is None:
         step = tuple(f.mT @ x for f, x in zip(factors, xs))
