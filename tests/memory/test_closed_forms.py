@@ -114,3 +114,19 @@ def test_plain_residual_memory_is_input_plus_mlp_and_excludes_the_norm_form():
         MemoryArchitecture("mlp", depth=2, residual=True, residual_norm=True)
     with pytest.raises(ValueError, match="dim_k == dim_v"):
         arch.shapes(3, 4)
+
+
+@pytest.mark.parametrize("differentiable", [True, False])
+def test_layer_norm_backward_matches_autograd(differentiable):
+    """Both forms of the parameter-free LayerNorm's backward against autograd through F.layer_norm."""
+    from ttmem.memory.architectures import LN_EPS, layer_norm_backward
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 5, 7, generator=gen, dtype=torch.float64, requires_grad=True)
+    grad_out = torch.randn(3, 2, 5, 7, generator=gen, dtype=torch.float64)
+    (expected,) = torch.autograd.grad(torch.nn.functional.layer_norm(x, (7,), eps=LN_EPS), x, grad_out)
+    with torch.set_grad_enabled(differentiable):
+        got = layer_norm_backward(x, grad_out, differentiable)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    if differentiable:  # the closed form is twice differentiable: the outer loop trains through it
+        assert torch.autograd.gradgradcheck(lambda a, g: layer_norm_backward(a, g), (x, grad_out.requires_grad_()))

@@ -221,7 +221,8 @@ class NeuralMemory(nn.Module):
         names = ["lr"] + (["momentum"] if self.rule.momentum else []) + (["forget"] if self.rule.forgetting else [])
         probs = torch.sigmoid(logits)  # one call for every gate (the threshold's column is unused)
         gates = {name: probs[..., i] for i, name in enumerate(names)}
-        gates["lr"] = self.max_lr * gates["lr"]
+        if self.max_lr != 1.0:
+            gates["lr"] = self.max_lr * gates["lr"]
         if self.forget_gate == "mamba2":
             gates["forget"] = self._mamba2_forget(logits[..., names.index("forget")])
         if self.rule.objective.uses_threshold:

@@ -67,8 +67,15 @@ def layer_norm(x: Tensor) -> Tensor:
     return F.layer_norm(x, x.shape[-1:], eps=LN_EPS)
 
 
-def layer_norm_backward(x: Tensor, grad_out: Tensor) -> Tensor:
-    """Gradient of a parameter-free LayerNorm at input ``x`` given the output gradient (closed form)."""
+def layer_norm_backward(x: Tensor, grad_out: Tensor, differentiable: bool = True) -> Tensor:
+    """Gradient of a parameter-free LayerNorm at input ``x`` given the output gradient: the closed form, which
+    autograd differentiates to any order, or with ``differentiable=False`` torch's fused kernel (two calls
+    instead of a dozen; its own derivative is right only to first order, so only where none is taken)."""
+    if not differentiable:
+        shape = x.shape[-1:]
+        _, mean, rstd = torch.ops.aten.native_layer_norm(x, shape, None, None, LN_EPS)
+        return torch.ops.aten.native_layer_norm_backward(grad_out, x, shape, mean, rstd, None, None,
+                                                         [True, False, False])[0]
     mean = x.mean(-1, keepdim=True)
     inv_std = torch.rsqrt(x.var(-1, unbiased=False, keepdim=True) + LN_EPS)
     y = (x - mean) * inv_std
@@ -146,9 +153,12 @@ class MemoryArchitecture:
             h = activation(self.act, a) if i < len(weights) - 1 else a
         return self.output(x, h), inputs, pre
 
-    def output_grads(self, weights: tuple[Tensor, ...], pre: list[Tensor], grad_out: Tensor) -> list[Tensor]:
-        """Per-token gradients of the loss w.r.t. each layer's output, g^l [..., N, out_l] (closed form)."""
-        g = layer_norm_backward(pre[-1], grad_out) if self.residual_norm else grad_out
+    def output_grads(self, weights: tuple[Tensor, ...], pre: list[Tensor], grad_out: Tensor,
+                     differentiable: bool = True) -> list[Tensor]:
+        """Per-token gradients of the loss w.r.t. each layer's output, g^l [..., N, out_l] (closed form).
+        ``differentiable=False``: nothing will differentiate the result (a decode step without autograd), so
+        fused kernels may stand in for the closed forms."""
+        g = layer_norm_backward(pre[-1], grad_out, differentiable) if self.residual_norm else grad_out
         grads = [g]
         for i in range(len(weights) - 1, 0, -1):
             g = activation_backward(self.act, g @ weights[i], pre[i - 1])

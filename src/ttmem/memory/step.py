@@ -52,7 +52,7 @@ def memorize_token(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor
         at = tuple(keep.unsqueeze(-1) * w for w in ref)
     pred, xs, pre = arch.forward_with_cache(at, k)
     target = arch.forward(at, v) if rule.self_targets else v
-    gs = arch.output_grads(at, pre, rule.objective.grad(pred, target, thr))
+    gs = arch.output_grads(at, pre, rule.objective.grad(pred, target, thr), differentiable=torch.is_grad_enabled())
     # Per layer the token's scaled weight gradient −θ g xᵀ, as a matmul (so FLOP counters see the rank-one
     # product), with θ applied to the small factor g rather than to the weight-sized product.
     neg_lr = -lr.unsqueeze(-1)
