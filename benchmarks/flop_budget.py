@@ -5,8 +5,9 @@
 For every architecture's tiny preset (default: the Transformer peer and the Titans family) one training step
 (forward, backward and an AdamW update on random bytes, batch ``--batch``) runs once under a dispatch mode
 that records every matrix product the step issues (``mm``, ``addmm``: weights shared by every token, "dense";
-``bmm``, ``baddbmm``: batched products, which in a memory model are the memory engine's per-sequence weights,
-"batched"), with its operand shapes and strides. Then, on the same machine and in the same process:
+``bmm``, ``baddbmm`` (in place too): batched products, which in a memory model are the memory engine's
+per-sequence weights, "batched"), with its operand shapes and strides. Then, on the same machine and in the
+same process:
 
 - each recorded product is replayed alone, at its own shapes and strides, and timed (median of
   ``--replays`` runs after a warm-up); summed over the step's calls this is ``matmul_s``, the time the step's
@@ -43,7 +44,7 @@ from ttmem.train.config import parse_overrides
 
 DEFAULT_ARCHS = ("transformer", "lmm", "mac", "mag", "mal", "hope")
 _DENSE = {"mm": (0, 1), "addmm": (1, 2)}     # op -> positions of the two matrix operands
-_BATCHED = {"bmm": (0, 1), "baddbmm": (1, 2)}
+_BATCHED = {"bmm": (0, 1), "baddbmm": (1, 2), "baddbmm_": (1, 2)}
 _ALL = {**_DENSE, **_BATCHED}
 
 

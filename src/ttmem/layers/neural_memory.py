@@ -149,8 +149,8 @@ class NeuralMemory(nn.Module):
             cache = seq.new_zeros(seq.shape[0], seq.shape[1], self.conv_kernel - 1)
         seq = torch.cat([cache, seq], dim=2)
         weight, bias = self.conv.weight[channels], self.conv.bias[channels]
-        if seq.shape[2] == self.conv_kernel:  # one new token (decoding): a dot product beats a conv call
-            out = torch.linalg.vecdot(seq, weight[:, 0]).add_(bias).unsqueeze(-1)
+        if seq.shape[2] == self.conv_kernel:  # one new token (decoding): a dot product per channel beats a conv
+            out = torch.bmm(seq.transpose(0, 1), weight[:, 0].unsqueeze(-1)).squeeze(-1).t().add_(bias).unsqueeze(-1)
         else:
             out = F.conv1d(seq, weight, bias, groups=seq.shape[1])
         return F.silu(out), seq[:, :, -(self.conv_kernel - 1):]

@@ -13,7 +13,8 @@ against FlopCounterMode on real modules. With heads H, head sizes dk, dv:
 Projections of a layer (q, k, v, out) add 8 d².
 
 ``measure_flops`` runs any callable under FlopCounterMode, so whole models can be audited the same way;
-it adds the formula for the CPU attention kernel that FlopCounterMode itself does not count.
+it adds formulas for the kernels FlopCounterMode itself does not count (the CPU attention kernel and the
+in-place batched product).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+from torch.utils.flop_counter import FlopCounterMode, baddbmm_flop, sdpa_flop_count
 
 
 def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
@@ -30,9 +31,16 @@ def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, 
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
+def _inplace_baddbmm_flops(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    return baddbmm_flop(self_shape, a_shape, b_shape)
+
+
 # FlopCounterMode's registry misses the CPU flash-attention kernel that scaled_dot_product_attention
-# dispatches to on CPU (it would count 0 FLOPs).
-_EXTRA_FORMULAS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops}
+# dispatches to on CPU and the in-place batched product (it would count 0 FLOPs for them).
+_EXTRA_FORMULAS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flops,
+    torch.ops.aten.baddbmm_: _inplace_baddbmm_flops,
+}
 
 
 def _positive(**kwargs: int) -> None:
