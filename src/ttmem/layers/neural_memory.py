@@ -219,8 +219,7 @@ class NeuralMemory(nn.Module):
                 held = logits[:, -1:]
         logits = logits.permute(0, 2, 1, 3)  # [B, heads, T, n_gates]
         names = ["lr"] + (["momentum"] if self.rule.momentum else []) + (["forget"] if self.rule.forgetting else [])
-        probs = torch.sigmoid(logits)  # one call for every gate (the threshold's column is unused)
-        gates = {name: probs[..., i] for i, name in enumerate(names)}
+        gates = {name: torch.sigmoid(logits[..., i]) for i, name in enumerate(names)}
         if self.max_lr != 1.0:
             gates["lr"] = self.max_lr * gates["lr"]
         if self.forget_gate == "mamba2":
