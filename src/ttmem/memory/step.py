@@ -32,8 +32,8 @@ def step_applies(rule: MemoryRule, state: MemoryState) -> bool:
 
 def _rank_one_into(base: Tensor, left: Tensor, right: Tensor) -> Tensor:
     """base + leftᵀ right for left [..., 1, m], right [..., 1, n], accumulated in place into ``base`` [..., m, n],
-    which must be a fresh temporary of the caller's (autograd keeps working: a product's backward does not need
-    the value it overwrote)."""
+    which must be the caller's own: a fresh temporary (autograd keeps working: a product's backward does not need
+    the value it overwrote) or a buffer given up to ``in_place`` decoding."""
     m, n = base.shape[-2:]
     base = base.contiguous()  # a no-op unless the buffer it was made from had another layout
     base.view(-1, m, n).baddbmm_(left.reshape(-1, 1, m).mT, right.reshape(-1, 1, n))
@@ -41,10 +41,13 @@ def _rank_one_into(base: Tensor, left: Tensor, right: Tensor) -> Tensor:
 
 
 def memorize_token(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep: Tensor | None,
-                   eta: Tensor | None, thr: Tensor | None, chunk: int, state: MemoryState
+                   eta: Tensor | None, thr: Tensor | None, chunk: int, state: MemoryState, in_place: bool = False
                    ) -> tuple[Tensor, MemoryState]:
     """Engine layout with one time step: q, k [B, H, 1, dk], v [B, H, 1, dv], gates [B, H, 1] (keep = 1 − α,
-    None meaning 1; eta None meaning 0). Returns out [B, H, 1, dv] and the state after the token."""
+    None meaning 1; eta None meaning 0). Returns out [B, H, 1, dv] and the state after the token.
+    ``in_place`` (no autograd, the caller gives ``state`` up): the momentum buffers are decayed and updated in
+    place where they are plain dense tensors of their own (not for Newton–Schulz rules, whose two buffers may be
+    one tensor)."""
     arch = rule.architecture
     ref = state.ref if state.ref is not None else state.weights
     at = ref  # where the token's gradient is taken
@@ -65,7 +68,10 @@ def memorize_token(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor
             momentum_step = None if momentum_step is None else step
     else:  # η S + step, the rank-one product accumulated into the decayed buffer (no separate step tensor)
         keep_m = eta.unsqueeze(-1)
-        momentum = tuple(_rank_one_into(s * keep_m, f, x) for s, f, x in zip(momentum, factors, xs))
+        if in_place and momentum_step is None and all(s.is_contiguous() for s in momentum):
+            momentum = tuple(_rank_one_into(s.mul_(keep_m), f, x) for s, f, x in zip(momentum, factors, xs))
+        else:
+            momentum = tuple(_rank_one_into(s * keep_m, f, x) for s, f, x in zip(momentum, factors, xs))
         if momentum_step is not None:
             momentum_step = tuple(_rank_one_into(s * keep_m, f, x) for s, f, x in zip(momentum_step, factors, xs))
     if momentum is not None:  # Newton–Schulz rules: the weights see the orthogonalised buffer
