@@ -46,9 +46,9 @@ _decode_in_place: ContextVar[bool] = ContextVar("ttmem_decode_in_place", default
 def decode_in_place() -> Iterator[None]:
     """Within this context, a one-token call without autograd decays and updates the momentum buffers of the
     memory state it is given in place instead of allocating new ones (1–9% less time per decoded token for
-    lmm-tiny at batch 1 in interleaved measurements on a CPU). The state passed in must not be used again: ``generate`` uses it for its decode
-    loop, whose every state it owns and replaces. The weights are never written in place (layers such as MAC
-    keep reading an earlier state's weights)."""
+    lmm-tiny at batch 1 in interleaved measurements on a CPU). The state passed in must not be used again:
+    ``generate`` uses it for its decode loop, whose every state it owns and replaces. The weights are never
+    written in place (layers such as MAC keep reading an earlier state's weights)."""
     token = _decode_in_place.set(True)
     try:
         yield
