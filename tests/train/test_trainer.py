@@ -404,3 +404,20 @@ def test_tiny_lm_is_causal():
     changed[:, 7:] = (changed[:, 7:] + 1) % 256
     assert torch.allclose(model(ids)[:, :7], model(changed)[:, :7], atol=1e-6)
     assert not torch.allclose(model(ids)[:, 7:], model(changed)[:, 7:])
+
+
+def test_recompute_keeps_the_losses_and_sets_every_memory_layer(tmp_path, text_file):
+    """recompute=true: the memory layers checkpoint each chunk (less memory); the run's losses stay the same."""
+    from ttmem.layers import NeuralMemory
+
+    model = ["model=lmm-tiny", "model_args.dim=32", "model_args.depth=2", "model_args.heads=2",
+             "model_args.chunk_size=8", "steps=3"]
+    plain = Trainer(tiny_config(tmp_path / "plain", text_file, *model))
+    checkpointed = Trainer(tiny_config(tmp_path / "recompute", text_file, *model, "recompute=true"))
+    layers = [m for m in checkpointed.module.modules() if isinstance(m, NeuralMemory)]
+    assert len(layers) == 2 and all(m.recompute for m in layers)
+    assert not any(m.recompute for m in plain.module.modules() if isinstance(m, NeuralMemory))
+    plain.fit()
+    checkpointed.fit()
+    for (s1, l1, g1), (s2, l2, g2) in zip(losses(tmp_path / "plain"), losses(tmp_path / "recompute"), strict=True):
+        assert s1 == s2 and abs(l1 - l2) < 1e-6 and abs(g1 - g2) < 1e-5

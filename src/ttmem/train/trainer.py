@@ -53,6 +53,7 @@ from torch.distributed.checkpoint.state_dict import (
 from ttmem.data import Corpus, CorpusWindows, MixedRows, SyntheticTask, TaskRows, get_tokenizer, load_corpus
 from ttmem.data.batches import RowSource, make_batch
 from ttmem.fileio import describe_os_error, remove_stale_temporaries
+from ttmem.layers import NeuralMemory
 from ttmem.models.checkpoint import TRAINER_STATE_FILE, shared_aliases
 from ttmem.train import checkpoint as ckpt
 from ttmem.train import resume as rs
@@ -179,6 +180,10 @@ class Trainer:
         else:
             self.model_record = {"spec": f"<{type(model).__name__} instance>", "args": {}}
         self.module = model.to(self.device)
+        if config.recompute:  # per-chunk activation checkpointing in every memory layer (same values)
+            for layer in self.module.modules():
+                if isinstance(layer, NeuralMemory):
+                    layer.recompute = True
         self.tied_names = shared_aliases(self.module)  # before FSDP shards the storages that show the tying
         self.model = wrap_model(
             torch.compile(self.module) if config.compile else self.module,
