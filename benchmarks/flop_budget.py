@@ -52,19 +52,40 @@ def _signature(t: torch.Tensor) -> tuple:
     return tuple(t.shape), tuple(t.stride()), t.dtype
 
 
+def _tensors(value) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
 class MatmulRecorder(TorchDispatchMode):
-    """Counts every matrix product by (op, operand shapes and strides); ``calls[key]`` = how many times."""
+    """Counts every matrix product by (op, operand shapes and strides); ``calls[key]`` = how many times. Every
+    other kernel that computes (views, which only relabel memory, are left out) is counted in ``other_kernels``,
+    with the bytes of its tensor inputs and outputs in ``other_bytes``: the traffic of the step's non-matmul work."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: Counter = Counter()
+        self.other_kernels = 0
+        self.other_bytes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         if name in _ALL:
             key = (name, *(_signature(a) if isinstance(a, torch.Tensor) else a for a in args))
             self.calls[key] += 1
-        return func(*args, **(kwargs or {}))
+        out = func(*args, **(kwargs or {}))
+        if name not in _ALL:
+            inputs, outputs = _tensors(list(args) + list((kwargs or {}).values())), _tensors(out)
+            storages = {t.untyped_storage().data_ptr() for t in inputs}
+            is_view = not name.endswith("_") and outputs and all(
+                t.untyped_storage().data_ptr() in storages for t in outputs)
+            if outputs and not is_view:
+                self.other_kernels += 1
+                self.other_bytes += sum(t.numel() * t.element_size() for t in inputs + outputs)
+        return out
 
 
 def product_flops(key: tuple) -> int:
@@ -113,10 +134,14 @@ def training_step(model: torch.nn.Module, batch: int, seq: int):
 
 
 def record_step(step) -> Counter:
+    return record_step_kernels(step).calls
+
+
+def record_step_kernels(step) -> MatmulRecorder:
     recorder = MatmulRecorder()
     with recorder:
         step()
-    return recorder.calls
+    return recorder
 
 
 def budget(calls: Counter, replays: int) -> dict:
@@ -157,7 +182,9 @@ def run_table(archs: list[str], peer: str, batch: int, seq: int, steps: int, rep
         models[name] = build_model(name, **({} if name == names[0] else overrides or {}))
         step_fns[name] = training_step(models[name], batch, seq)
         step_fns[name]()  # warm-up
-        rows[name] = {"parameters": count_parameters(models[name]), **budget(record_step(step_fns[name]), replays)}
+        recorder = record_step_kernels(step_fns[name])
+        rows[name] = {"parameters": count_parameters(models[name]), **budget(recorder.calls, replays),
+                      "other_kernels": recorder.other_kernels, "other_gbytes": recorder.other_bytes / 1e9}
     times: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(steps):  # models in turn: load drift is shared
         for name in names:
@@ -175,14 +202,15 @@ def run_table(archs: list[str], peer: str, batch: int, seq: int, steps: int, rep
 def print_table(rows: dict, batch: int, seq: int, peer: str) -> None:
     print(f"\nbatch {batch} x seq {seq}: GFLOP per training step, seconds, ratios against {peer}")
     print("| model | GFLOP dense | GFLOP batched | × FLOPs | step s | matmuls alone s (dense + batched) | other s "
-          "| batched GFLOP/s | tokens/s × | ceiling × | ceiling with peer's other × |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "| other kernels (GB moved) | batched GFLOP/s | tokens/s × | ceiling × | ceiling with peer's other × |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in rows.items():
         rate = "" if r["batched_gflops_per_s"] is None else f"{r['batched_gflops_per_s']:.0f}"
         print(f"| {name} | {r['dense_flops'] / 1e9:.2f} | {r['batched_flops'] / 1e9:.2f} | {r['flops_ratio']:.2f} | "
               f"{r['step_s']:.3f} | {r['matmul_s']:.3f} ({r['dense_matmul_s']:.3f} + {r['batched_matmul_s']:.3f}) | "
-              f"{r['other_s']:.3f} | {rate} | {r['speed_ratio']:.2f} | {r['ceiling_ratio']:.2f} | "
-              f"{r['ceiling_ratio_peer_overhead']:.2f} |", flush=True)
+              f"{r['other_s']:.3f} | {r['other_kernels']:,} ({r['other_gbytes']:.1f}) | {rate} | "
+              f"{r['speed_ratio']:.2f} | {r['ceiling_ratio']:.2f} | {r['ceiling_ratio_peer_overhead']:.2f} |",
+              flush=True)
 
 
 def main(argv: list[str] | None = None) -> dict:

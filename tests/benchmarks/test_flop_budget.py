@@ -81,3 +81,18 @@ def test_overrides_reach_the_models_but_not_the_peer():
     base = flop_budget.run_table(["transformer", "lmm"], "transformer", 1, 32, 1, 1)
     assert rows["transformer-tiny"]["flops"] == base["transformer-tiny"]["flops"]
     assert rows["lmm-tiny"]["batched_flops"] != base["lmm-tiny"]["batched_flops"]  # one chunk of 32, not two of 16
+
+
+def test_other_kernels_and_their_bytes_are_counted_views_left_out():
+    a, b = torch.randn(4, 5), torch.randn(4, 5)
+
+    def work():
+        c = a + b          # one kernel: two inputs, one output
+        c.view(-1)         # a view: not a kernel that computes
+        c.mul_(2.0)        # in place: one kernel, the tensor read and written
+        c @ b.t()          # a product: counted as a product, not here
+
+    recorder = flop_budget.record_step_kernels(work)
+    assert recorder.other_kernels == 2
+    assert recorder.other_bytes == (3 + 2) * 20 * 4
+    assert sum(recorder.calls.values()) == 1
