@@ -61,3 +61,21 @@ def test_no_in_place_update_while_autograd_records():
     with decode_in_place():
         _, new = memorize(**_inputs(1, 1), rule=rule, chunk_size=4, state=state, impl="step")
     assert all(n.data_ptr() != o.data_ptr() for n, o in zip(new.momentum, state.momentum))
+
+
+def test_newton_schulz_step_equals_the_reference():
+    """The step's Newton–Schulz branch (both buffers take one step) against the token-by-token reference, fp64,
+    across chunk boundaries (9 tokens, chunk 4) after an incoming state that ends mid-chunk."""
+    rule = RULES["titans_newton_schulz"]
+    prefix = {k: v.double() for k, v in _inputs(5, 0).items()}
+    tokens = {k: v.double() for k, v in _inputs(9, 1).items()}
+    _, start = memorize(**prefix, rule=rule, chunk_size=4, impl="reference")
+    expected, end_ref = memorize(**tokens, rule=rule, chunk_size=4, state=_copy(start), impl="reference")
+    state, outs = _copy(start), []
+    for t in range(9):
+        out, state = memorize(**{k: v[:, t:t + 1] for k, v in tokens.items()}, rule=rule, chunk_size=4, state=state,
+                              impl="step")
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, 1), expected, rtol=1e-10, atol=1e-10)
+    for a, b in zip(state.weights + state.momentum, end_ref.weights + end_ref.momentum, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)

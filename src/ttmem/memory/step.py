@@ -46,8 +46,7 @@ def memorize_token(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor
     """Engine layout with one time step: q, k [B, H, 1, dk], v [B, H, 1, dv], gates [B, H, 1] (keep = 1 − α,
     None meaning 1; eta None meaning 0). Returns out [B, H, 1, dv] and the state after the token.
     ``in_place`` (no autograd, the caller gives ``state`` up): the momentum buffers are decayed and updated in
-    place where they are plain dense tensors of their own (not for Newton–Schulz rules, whose two buffers may be
-    one tensor)."""
+    place where they are plain dense tensors (not for Newton–Schulz rules, whose two buffers may be one tensor)."""
     arch = rule.architecture
     ref = state.ref if state.ref is not None else state.weights
     at = ref  # where the token's gradient is taken
@@ -61,21 +60,24 @@ def memorize_token(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor
     neg_lr = -lr.unsqueeze(-1)
     factors = tuple(neg_lr * g for g in gs)  # [B, H, 1, out]
     momentum, momentum_step = state.momentum, state.momentum_step
-    if momentum is None or eta is None:
+    if momentum is not None and eta is not None and momentum_step is None:
+        # η S + step, the rank-one product accumulated into the decayed buffer (no separate step tensor)
+        keep_m = eta.unsqueeze(-1)
+        own = in_place and all(s.is_contiguous() for s in momentum)
+        momentum = tuple(_rank_one_into(s.mul_(keep_m) if own else s * keep_m, f, x)
+                         for s, f, x in zip(momentum, factors, xs))
+        step = momentum
+    else:
         step = tuple(f.mT @ x for f, x in zip(factors, xs))
-        if momentum is not None:  # no momentum carried over: the buffer is this token's step
+        if momentum is not None and eta is None:  # no momentum carried over: the buffer is this token's step
             momentum = step
             momentum_step = None if momentum_step is None else step
-    else:  # η S + step, the rank-one product accumulated into the decayed buffer (no separate step tensor)
-        keep_m = eta.unsqueeze(-1)
-        if in_place and momentum_step is None and all(s.is_contiguous() for s in momentum):
-            momentum = tuple(_rank_one_into(s.mul_(keep_m), f, x) for s, f, x in zip(momentum, factors, xs))
-        else:
-            momentum = tuple(_rank_one_into(s * keep_m, f, x) for s, f, x in zip(momentum, factors, xs))
-        if momentum_step is not None:
-            momentum_step = tuple(_rank_one_into(s * keep_m, f, x) for s, f, x in zip(momentum_step, factors, xs))
-    if momentum is not None:  # Newton–Schulz rules: the weights see the orthogonalised buffer
-        step = momentum if momentum_step is None else momentum_step
+        elif momentum is not None:
+            # Newton–Schulz rules: both buffers take the step, formed once; the weights see the orthogonalised one
+            keep_m = eta.unsqueeze(-1)
+            momentum = tuple(torch.addcmul(u, s, keep_m) for s, u in zip(momentum, step))
+            momentum_step = tuple(torch.addcmul(u, s, keep_m) for s, u in zip(momentum_step, step))
+            step = momentum_step
     if keep is None:
         weights = tuple(w + s for w, s in zip(state.weights, step))
     else:
