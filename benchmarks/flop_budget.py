@@ -18,8 +18,9 @@ From these the bound: a step cannot take less than its products take, so a model
 the peer's measured tokens/s × t_peer / matmul_s(model) (``ceiling_ratio``, every non-matmul cost removed;
 sdpa, convolutions and elementwise work all counted as free). ``ceiling_ratio_peer_overhead`` adds back the
 peer's own non-matmul seconds (as if the model's elementwise and bookkeeping work cost no more than the
-Transformer's). Where ``ceiling_ratio`` is below a target, no implementation of the same products (same
-shapes, same FLOPs) reaches it on this machine; where it is above, the gap is the rest (``other_s``).
+Transformer's). Where ``ceiling_ratio`` is below a target, no implementation that runs the same products
+through these matmul kernels reaches it on this machine; where it is above, the gap is the rest (``other_s``),
+whose kernels and the bytes they move are counted too (``other_kernels``, ``other_gbytes``).
 
 FLOPs are 2·m·n·k per product (the products' own closed form; the test checks them against torch's
 ``FlopCounterMode``). Writes JSON (``--out``) and prints a Markdown table.
@@ -31,6 +32,7 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -41,6 +43,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ttmem.models import ARCHITECTURES, build_model, count_parameters
 from ttmem.models.presets import VARIANTS
 from ttmem.train.config import parse_overrides
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from models import training_step  # noqa: E402  (the models benchmark's step, so both time the same work)
 
 DEFAULT_ARCHS = ("transformer", "lmm", "mac", "mag", "mal", "hope")
 _DENSE = {"mm": (0, 1), "addmm": (1, 2)}     # op -> positions of the two matrix operands
@@ -72,13 +78,14 @@ class MatmulRecorder(TorchDispatchMode):
         self.other_bytes = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         name = func.overloadpacket.__name__
         if name in _ALL:
             key = (name, *(_signature(a) if isinstance(a, torch.Tensor) else a for a in args))
             self.calls[key] += 1
-        out = func(*args, **(kwargs or {}))
+        out = func(*args, **kwargs)
         if name not in _ALL:
-            inputs, outputs = _tensors(list(args) + list((kwargs or {}).values())), _tensors(out)
+            inputs, outputs = _tensors(list(args) + list(kwargs.values())), _tensors(out)
             storages = {t.untyped_storage().data_ptr() for t in inputs}
             is_view = not name.endswith("_") and outputs and all(
                 t.untyped_storage().data_ptr() in storages for t in outputs)
@@ -118,26 +125,8 @@ def replay_seconds(key: tuple, replays: int) -> float:
     return statistics.median(times)
 
 
-def training_step(model: torch.nn.Module, batch: int, seq: int):
-    """One AdamW step of next-token cross-entropy on a fixed batch of random bytes."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    data = torch.randint(0, model.config.vocab_size, (batch, seq + 1))
-
-    def step() -> None:
-        logits = model(data[:, :-1]).logits
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), data[:, 1:].reshape(-1))
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
-
-
-def record_step(step) -> Counter:
-    return record_step_kernels(step).calls
-
-
-def record_step_kernels(step) -> MatmulRecorder:
+def record_step(step) -> MatmulRecorder:
+    """The products and other kernels of one call of ``step``."""
     recorder = MatmulRecorder()
     with recorder:
         step()
@@ -180,9 +169,9 @@ def run_table(archs: list[str], peer: str, batch: int, seq: int, steps: int, rep
     for name in names:
         torch.manual_seed(0)
         models[name] = build_model(name, **({} if name == names[0] else overrides or {}))
-        step_fns[name] = training_step(models[name], batch, seq)
+        step_fns[name] = training_step(models[name], batch, seq, "cpu")
         step_fns[name]()  # warm-up
-        recorder = record_step_kernels(step_fns[name])
+        recorder = record_step(step_fns[name])
         rows[name] = {"parameters": count_parameters(models[name]), **budget(recorder.calls, replays),
                       "other_kernels": recorder.other_kernels, "other_gbytes": recorder.other_bytes / 1e9}
     times: dict[str, list[float]] = {n: [] for n in names}

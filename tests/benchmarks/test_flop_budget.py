@@ -22,7 +22,7 @@ def test_dense_flops_of_a_transformer_step_are_six_per_weight_per_token():
     torch.manual_seed(0)
     model = build_model("transformer-tiny")
     batch, seq = 2, 16
-    calls = flop_budget.record_step(flop_budget.training_step(model, batch, seq))
+    calls = flop_budget.record_step(flop_budget.training_step(model, batch, seq, "cpu")).calls
     counted = sum(n * flop_budget.product_flops(k) for k, n in calls.items())
     linear_weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
     assert counted == 6 * batch * seq * linear_weights
@@ -33,8 +33,8 @@ def test_dense_flops_of_a_transformer_step_are_six_per_weight_per_token():
 def test_product_flops_match_torch_flop_counter(name):
     torch.manual_seed(0)
     model = build_model(name)
-    step = flop_budget.training_step(model, 2, 24)
-    calls = flop_budget.record_step(step)
+    step = flop_budget.training_step(model, 2, 24, "cpu")
+    calls = flop_budget.record_step(step).calls
     with FlopCounterMode(display=False) as counter:
         step()
     per_op = counter.get_flop_counts()["Global"]
@@ -92,7 +92,7 @@ def test_other_kernels_and_their_bytes_are_counted_views_left_out():
         c.mul_(2.0)        # in place: one kernel, the tensor read and written
         c @ b.t()          # a product: counted as a product, not here
 
-    recorder = flop_budget.record_step_kernels(work)
+    recorder = flop_budget.record_step(work)
     assert recorder.other_kernels == 2
     assert recorder.other_bytes == (3 + 2) * 20 * 4
     assert sum(recorder.calls.values()) == 1
