@@ -165,8 +165,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         out = run_main_job(
             config, resume=args.resume_from or args.resume, progress=not args.no_progress, allow_changes=allow
         )
-    finally:
-        shutdown_distributed()
+    except BaseException:
+        shutdown_distributed(finished=False)
+        raise
+    shutdown_distributed()
     stopped = next(
         (r for r in (out.get("main"), out.get("baseline")) if r is not None and r.interrupted), None
     )

@@ -67,9 +67,16 @@ def init_distributed(device_type: str) -> DistEnv:
     return env
 
 
-def shutdown_distributed() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown_distributed(finished: bool = True) -> None:
+    """Leave the process group. After a run every process finished (`finished`), all meet at a barrier
+    first: a process that tears its group down while a peer is still writing a checkpoint or sending
+    its last message can leave that peer, or the launcher, waiting at exit. After an error, no barrier
+    (a peer may never arrive)."""
+    if not dist.is_initialized():
+        return
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
 
 
 def wrap_model(model: nn.Module, env: DistEnv, strategy: str, device: torch.device) -> nn.Module:
