@@ -270,7 +270,7 @@ def worker_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--result", type=Path, required=True)
-    parser.add_argument("--recompute", action="store_true", help="ttmem: per-chunk recomputation in the backward")
+    parser.add_argument("--recompute", action="store_true", help="ttmem: recompute=True (checkpointed chunk segments)")
     return parser.parse_args(argv)
 
 
@@ -493,7 +493,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="python of a titans-pytorch environment (default: .venv-titans)")
     parser.add_argument("--no-setup", action="store_true", help="print the setup commands, do not run them")
     parser.add_argument("--recompute", action="store_true",
-                        help="ttmem with per-chunk recomputation in the backward (NeuralMemory(recompute=True))")
+                        help="ttmem with NeuralMemory(recompute=True): chunk segments rebuilt in the backward")
     parser.add_argument("--memory-only", action="store_true", help="peak memory only, no timing")
     args = parser.parse_args(argv)
     if args.repeats < 5:

@@ -97,7 +97,7 @@ class NeuralMemory(nn.Module):
                 self.symplectic = paging
                 self.heads = heads = heads * paging.pages  # pages are page-major blocks of internal heads
         self.gate_mode, self.max_lr, self.conv_kernel = gate_mode, max_lr, conv_kernel
-        self.recompute = recompute  # per-chunk activation checkpointing in the engine (less memory, more time)
+        self.recompute = recompute  # checkpointed segments of √n chunks in the engine (less memory, more time)
         inner = heads * self.dim_head
         self.to_qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.conv = nn.Conv1d(3 * inner, 3 * inner, conv_kernel, groups=3 * inner) if conv_kernel > 1 else None

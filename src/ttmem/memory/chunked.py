@@ -12,6 +12,7 @@ Tensors inside the engine are laid out [B, H, T, d]; gates [B, H, T].
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 from torch import Tensor
@@ -64,13 +65,14 @@ class _Carry:
         self.anchor = state.anchor
         self.past = (state.past_k, state.past_v, state.past_threshold, state.past_mask)
 
-    def boundary(self) -> None:
-        """Chunk complete: orthogonalise the momentum's step, refresh the retention view, start a new chunk."""
-        if self.rule.newton_schulz_steps:
-            self.step = tuple(newton_schulz(s, self.rule.newton_schulz_steps, kind="cubic") for s in self.momentum)
-        if self.accum is not None:
-            self.weights = self.rule.retention.apply_view(self.accum)
-        self.ref = self.weights
+    @property
+    def running(self) -> tuple:
+        """What changes from chunk to chunk: (weights, step, momentum, accum, ref)."""
+        return self.weights, self.step, self.momentum, self.accum, self.ref
+
+    @running.setter
+    def running(self, values: tuple) -> None:
+        self.weights, self.step, self.momentum, self.accum, self.ref = values
 
     def push_past(self, k: Tensor, v: Tensor, thr: Tensor | None, mask: Tensor) -> None:
         p = self.rule.window - 1
@@ -83,6 +85,17 @@ class _Carry:
             None if thr is None else torch.cat([pt, thr], 2)[:, :, -p:],
             torch.cat([pm, mask], 2)[:, :, -p:],
         )
+
+
+def _boundary(rule: MemoryRule, weights: tuple, step: tuple | None, momentum: tuple | None,
+              accum: tuple | None) -> tuple:
+    """Chunk complete: orthogonalise the momentum's step, refresh the retention view, start a new chunk.
+    Returns the new (weights, step, ref)."""
+    if rule.newton_schulz_steps:
+        step = tuple(newton_schulz(s, rule.newton_schulz_steps, kind="cubic") for s in momentum)
+    if accum is not None:
+        weights = rule.retention.apply_view(accum)
+    return weights, step, weights
 
 
 def _chunk_step(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, thr: Tensor | None, mask: Tensor | None,
@@ -169,22 +182,35 @@ def _run_group(carry: _Carry, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, keep:
     coef_c = tuple(None if c is None else c.unbind(2) for c in fields)  # per chunk, split once
     # Forget-first rules (per token, so one-token chunks) take the gradient on the memory after the token's decay.
     keep_c = _chunks(keep, n, chunk).unbind(2) if rule.forget_first else None
-    outputs = []
-    for i in range(n):
-        coef_i = ChunkCoefficients(*(None if c is None else c[i] for c in coef_c))
-        ref = carry.ref if keep_c is None else tuple(keep_c[i].unsqueeze(-1) * r for r in carry.ref)
-        inputs = (q_c[i], k_src[i], v_src[i], None if t_src is None else t_src[i],
-                  None if m_src is None else m_src[i], coef_i,
-                  ref, carry.weights, carry.step, carry.momentum, carry.accum, carry.anchor)
-        if recompute and torch.is_grad_enabled():
-            # Keep only the chunk's inputs; its intermediates are rebuilt during the backward.
-            out, weights, step, momentum, accum = checkpoint(_chunk_step, rule, *inputs, use_reentrant=False)
-        else:
-            out, weights, step, momentum, accum = _chunk_step(rule, *inputs)
-        outputs.append(out)
-        carry.weights, carry.step, carry.momentum, carry.accum = weights, step, momentum, accum
-        if i < n - 1 or last_complete:
-            carry.boundary()
+    anchor = carry.anchor
+
+    def chunks(first: int, last: int, running: tuple) -> tuple[list[Tensor], tuple]:
+        """Chunks first..last−1 from the running state; a pure function of it (so it can be recomputed)."""
+        outs = []
+        for i in range(first, last):
+            weights, step, momentum, accum, ref = running
+            coef_i = ChunkCoefficients(*(None if c is None else c[i] for c in coef_c))
+            at = ref if keep_c is None else tuple(keep_c[i].unsqueeze(-1) * r for r in ref)
+            out, weights, step, momentum, accum = _chunk_step(
+                rule, q_c[i], k_src[i], v_src[i], None if t_src is None else t_src[i],
+                None if m_src is None else m_src[i], coef_i, at, weights, step, momentum, accum, anchor)
+            outs.append(out)
+            if i < n - 1 or last_complete:
+                weights, step, ref = _boundary(rule, weights, step, momentum, accum)
+            running = (weights, step, momentum, accum, ref)
+        return outs, running
+
+    if recompute and torch.is_grad_enabled():
+        # Keep only every segment's starting state and inputs; a segment's intermediates are rebuilt during
+        # the backward. Segments of about √n chunks balance the two: n/√n kept states, √n chunks rebuilt at once.
+        segment = max(1, round(math.sqrt(n)))
+        outputs = []
+        for first in range(0, n, segment):
+            outs, carry.running = checkpoint(chunks, first, min(n, first + segment), carry.running,
+                                             use_reentrant=False)
+            outputs += outs
+    else:
+        outputs, carry.running = chunks(0, n, carry.running)
 
     carry.push_past(k, v, thr, torch.ones(b, h, t, dtype=q.dtype, device=q.device))
     return torch.cat(outputs, dim=2) if n > 1 else outputs[0]
@@ -194,7 +220,7 @@ def memorize_chunked(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tens
                      eta: Tensor | None, thr: Tensor | None, chunk: int, state: MemoryState,
                      recompute: bool = False) -> tuple[Tensor, MemoryState]:
     """Engine layout: q, k [B, H, T, dk], v [B, H, T, dv], gates [B, H, T]. Returns out [B, H, T, dv], state.
-    ``recompute``: store only each chunk's inputs for the backward and rebuild its intermediates there."""
+    ``recompute``: keep only every segment's (≈ √n chunks) starting state for the backward, rebuild the rest."""
     carry = _Carry(rule, state)
     t = q.shape[2]
     offset = state.offset

@@ -292,8 +292,9 @@ def memorize(q: Tensor, k: Tensor, v: Tensor, lr: Tensor, *, momentum: Tensor | 
         state: the state returned by a previous call of the same rule (continues the sequence exactly), or None.
         impl: one of ``IMPLS``; "auto" picks the fastest exact path (module docstring).
         threshold: Huber threshold δ_t [batch, time, heads] > 0 (Huber objective; None means the rule's constant).
-        recompute: chunked dual form only: keep just each chunk's inputs for the backward and recompute its
-            intermediates there (activation checkpointing per chunk). Same results; less memory, more time.
+        recompute: chunked dual form only: keep, for the backward, only the state at the start of every segment
+            of about √n chunks (n chunks in the call) and rebuild each segment's intermediates there (activation
+            checkpointing). Same results; less memory, more time.
         check_values: also check values (NaN, gate ranges, a non-finite result); None follows ``value_checks``.
 
     Returns:

@@ -74,7 +74,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     precision: str = "auto"  # "auto" (bf16 where supported on GPU), "bf16", "fp32"
     compile: bool = False
-    recompute: bool = False  # memory layers keep only each chunk's inputs for the backward (less memory, more time)
+    recompute: bool = False  # memory layers checkpoint segments of √n chunks for the backward (less memory, more time)
     seed: int = 0
     # runtime
     device: str = "auto"

@@ -180,7 +180,7 @@ class Trainer:
         else:
             self.model_record = {"spec": f"<{type(model).__name__} instance>", "args": {}}
         self.module = model.to(self.device)
-        if config.recompute:  # per-chunk activation checkpointing in every memory layer (same values)
+        if config.recompute:  # activation checkpointing in every memory layer (same values)
             for layer in self.module.modules():
                 if isinstance(layer, NeuralMemory):
                     layer.recompute = True
