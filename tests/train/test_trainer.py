@@ -407,7 +407,7 @@ def test_tiny_lm_is_causal():
 
 
 def test_recompute_keeps_the_losses_and_sets_every_memory_layer(tmp_path, text_file):
-    """recompute=true: the memory layers checkpoint each chunk (less memory); the run's losses stay the same."""
+    """recompute=true: the memory layers checkpoint segments of chunks (less memory); the run's losses stay the same."""
     from ttmem.layers import NeuralMemory
 
     model = ["model=lmm-tiny", "model_args.dim=32", "model_args.depth=2", "model_args.heads=2",
