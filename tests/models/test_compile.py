@@ -106,3 +106,34 @@ def test_model_training_step_compiles_with_inductor(arch):
     model = build_model(f"{arch}-tiny", **TINY)
     ids = torch.randint(0, 256, (2, 11))
     _compare(_model_loss(model), ids, [p for p in model.parameters() if p.requires_grad], "inductor")
+
+
+def _decode_compare(arch: str, backend: str, tokens: int = 7) -> None:
+    """Decoding steps as ``generate()`` runs them (inference mode, momentum updated in place when eager), compiled
+    with ``fullgraph=True``, give the eager steps' logits and states from the same prefilled state."""
+    from ttmem.memory import decode_in_place
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model(f"{arch}-tiny", **TINY).eval()
+    ids = torch.randint(0, 256, (1, 10 + tokens))
+    step = torch.compile(model, fullgraph=True, backend=backend)
+    with torch.inference_mode(), decode_in_place():
+        # both start from their own prefill (eager in-place decoding consumes its state)
+        eager_state, compiled_state = model(ids[:, :10]).state, model(ids[:, :10]).state
+        for t in range(10, 10 + tokens):  # crosses chunk (4) and segment (8) boundaries
+            eager = model(ids[:, t:t + 1], eager_state)
+            compiled = step(ids[:, t:t + 1], compiled_state)
+            torch.testing.assert_close(compiled.logits, eager.logits, rtol=1e-5, atol=1e-5)
+            eager_state, compiled_state = eager.state, compiled.state
+
+
+@pytest.mark.parametrize("arch", ["lmm", pytest.param("hope", marks=pytest.mark.slow),
+                                  pytest.param("swa_transformer", marks=pytest.mark.slow)])
+def test_decode_step_compiles_without_graph_breaks(arch):
+    _decode_compare(arch, "aot_eager")
+
+
+@pytest.mark.slow
+def test_decode_step_compiles_with_inductor():
+    _decode_compare("lmm", "inductor")

@@ -244,7 +244,8 @@ def run_memory(rule: MemoryRule, q: Tensor, k: Tensor, v: Tensor, lr: Tensor, ke
     if rule.objective.uses_threshold and thr is None:
         thr = torch.full_like(lr, rule.objective.threshold)
     if impl == "step":
-        in_place = _decode_in_place.get() and not torch.is_grad_enabled()
+        # compiled code allocates anyway (and cannot trace a ContextVar): in place only when eager
+        in_place = not torch.compiler.is_compiling() and _decode_in_place.get() and not torch.is_grad_enabled()
         out, new_state = memorize_token(rule, q, k, v, lr, keep, eta, thr, chunk, state, in_place=in_place)
     else:
         if keep is None:
