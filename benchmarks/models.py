@@ -17,6 +17,11 @@ per token is reported. Reading a long context through full attention costs O(L^2
 full-attention caches longer than ``--max-real-attention-prefill`` the cache is filled with random keys and
 values of the right length instead (marked ``"prefill": "synthetic"``): the cost of one
 decode step depends on the cache length, not on its contents. Every other model reads the context.
+
+``--compile-decode``: the decode steps run through ``torch.compile(model, fullgraph=True)`` (inductor), model
+and peer alike; the first ``COMPILED_WARMUP`` steps after the prefill (compilation, and the graphs of chunk and
+segment boundaries) are not timed. An architecture that fails to compile is reported as such in the table and
+the JSON.
 """
 
 from __future__ import annotations
@@ -40,6 +45,11 @@ from ttmem.models import ARCHITECTURES, ModelState, build_model, count_parameter
 from ttmem.models.presets import VARIANTS
 
 DEFAULT_CONTEXTS = (1024, 4096, 16384, 65536)
+COMPILED_WARMUP = 40  # decode steps: more than a chunk (16) and a MAC segment (32) of the tiny presets
+# Compiled decoding makes a graph per structural case of a state (a chunk in progress or complete, a segment's first
+# token, a cache still filling), and model and peer share code objects: torch's default limit of 8 graphs per code
+# object is too few for MAC, MAG, MAL and HOPE.
+COMPILED_RECOMPILE_LIMIT = 64
 
 
 def _rss_bytes() -> int:
@@ -111,8 +121,9 @@ def _synthetic_full_caches(model: torch.nn.Module, state: ModelState, context: i
 
 
 @torch.inference_mode()
-def _prefilled(name: str, context: int, piece: int, max_real_attention: int, device: str):
-    """(model, state after ``context`` tokens, next token, prefill seconds or None when synthetic)."""
+def _prefilled(name: str, context: int, piece: int, max_real_attention: int, device: str, compiled: bool = False):
+    """(decode step, state after ``context`` tokens, next token, prefill seconds or None when synthetic); the step
+    is the model, or with ``compiled`` its ``torch.compile(fullgraph=True)`` form (the prefill runs eagerly)."""
     torch.manual_seed(0)
     model = build_model(name).to(device).eval()
     has_full_attention = model.config.arch == "transformer"
@@ -125,7 +136,11 @@ def _prefilled(name: str, context: int, piece: int, max_real_attention: int, dev
     prefill_s = time.perf_counter() - start
     if synthetic:
         state = _synthetic_full_caches(model, state, context)
-    return model, state, prompt[:, -1:], None if synthetic else prefill_s
+    step = model
+    if compiled:
+        torch._dynamo.config.recompile_limit = COMPILED_RECOMPILE_LIMIT
+        step = torch.compile(model, fullgraph=True)
+    return step, state, prompt[:, -1:], None if synthetic else prefill_s
 
 
 def _decode_times(model: torch.nn.Module, state: ModelState, token: torch.Tensor, steps: int, device: str):
@@ -145,22 +160,27 @@ def _decode_times(model: torch.nn.Module, state: ModelState, token: torch.Tensor
 
 
 @torch.inference_mode()
-def decode_latency(name: str, context: int, tokens: int, piece: int, max_real_attention: int, device: str) -> dict:
+def decode_latency(name: str, context: int, tokens: int, piece: int, max_real_attention: int, device: str,
+                   compiled: bool = False) -> dict:
     """Median seconds per decoded token after a context of ``context`` tokens."""
-    model, state, token, prefill_s = _prefilled(name, context, piece, max_real_attention, device)
-    times, _, _ = _decode_times(model, state, token, tokens + 2, device)  # two warm-up steps (a cache may grow)
-    return {"ms_per_token": 1e3 * statistics.median(times[2:]),
+    torch._dynamo.reset()
+    model, state, token, prefill_s = _prefilled(name, context, piece, max_real_attention, device, compiled)
+    warmup = COMPILED_WARMUP if compiled else 2  # eager: two steps (a cache may grow)
+    times, _, _ = _decode_times(model, state, token, tokens + warmup, device)
+    return {"ms_per_token": 1e3 * statistics.median(times[warmup:]),
             "prefill": "synthetic" if prefill_s is None else "real", "prefill_s": prefill_s}
 
 
 @torch.inference_mode()
 def interleaved_decode_ratio(name: str, peer: str, context: int, tokens: int, rounds: int, piece: int,
-                             max_real_attention: int, device: str) -> dict:
+                             max_real_attention: int, device: str, compiled: bool = False) -> dict:
     """Model and peer prefilled side by side, then ``rounds`` alternating bursts of ``tokens`` decode steps each;
     the median of the per-round ratios of median step times. Load that drifts between rounds cancels out."""
-    runs = {n: _prefilled(n, context, piece, max_real_attention, device)[:3] for n in (peer, name)}
-    for n, (model, state, token) in runs.items():  # two warm-up steps each
-        runs[n] = (model, *_decode_times(model, state, token, 2, device)[1:])
+    torch._dynamo.reset()  # graphs of earlier models count against the limit
+    runs = {n: _prefilled(n, context, piece, max_real_attention, device, compiled)[:3] for n in (peer, name)}
+    warmup = COMPILED_WARMUP if compiled else 2
+    for n, (model, state, token) in runs.items():
+        runs[n] = (model, *_decode_times(model, state, token, warmup, device)[1:])
     ratios, medians = [], {peer: [], name: []}
     for _ in range(rounds):
         for n in (peer, name):
@@ -217,18 +237,29 @@ def train_table(args: argparse.Namespace, seq: int) -> dict:
 def decode_table(args: argparse.Namespace) -> dict:
     """ms per decoded token vs context for every architecture; the ratio at the first context comes from
     ``interleaved_decode_ratio`` (model and peer alternating in ``--decode-rounds`` bursts)."""
-    print(f"\ndecode latency, ms per token (s = synthetic full-attention cache, see module doc); "
-          f"ratio at {args.contexts[0]} against {args.decode_peer}: median of {args.decode_rounds} alternating bursts")
+    print(f"\ndecode latency{' (compiled)' if args.compile_decode else ''}, ms per token (s = synthetic "
+          f"full-attention cache, see module doc); ratio at {args.contexts[0]} against {args.decode_peer}: median "
+          f"of {args.decode_rounds} alternating bursts")
     print("| model | " + " | ".join(str(c) for c in args.contexts) + f" | × {args.decode_peer} |")
     print("|---|" + "---|" * (len(args.contexts) + 1))
     out = {}
     peer_name = f"{args.decode_peer}-{args.size}"
     for arch in args.archs:
         name = f"{arch}-{args.size}"
-        paired = interleaved_decode_ratio(name, peer_name, args.contexts[0], args.decode_tokens, args.decode_rounds,
-                                          args.prefill_piece, args.max_real_attention_prefill, args.device)
-        rows = {c: decode_latency(name, c, args.decode_tokens, args.prefill_piece,
-                                  args.max_real_attention_prefill, args.device) for c in args.contexts}
+        try:
+            paired = interleaved_decode_ratio(name, peer_name, args.contexts[0], args.decode_tokens,
+                                              args.decode_rounds, args.prefill_piece,
+                                              args.max_real_attention_prefill, args.device, args.compile_decode)
+            rows = {c: decode_latency(name, c, args.decode_tokens, args.prefill_piece,
+                                      args.max_real_attention_prefill, args.device, args.compile_decode)
+                    for c in args.contexts}
+        except Exception as err:  # noqa: BLE001 -- a compiler failure is a result to report, not a crash
+            if not args.compile_decode:
+                raise
+            message = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            out[name] = {"error": message}
+            print(f"| {name} | compile failed: {message} |", flush=True)
+            continue
         ratio = paired["ratio"]
         out[name] = {"contexts": {str(c): row for c, row in rows.items()},
                      "peer_ms_per_token": paired["peer_ms_per_token"], "paired_ms_per_token": paired["ms_per_token"],
@@ -257,6 +288,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--skip-train", action="store_true")
     parser.add_argument("--skip-decode", action="store_true")
+    parser.add_argument("--compile-decode", action="store_true",
+                        help="decode through torch.compile(model, fullgraph=True), model and peer alike")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/models.json"))
     args = parser.parse_args()
