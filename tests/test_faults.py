@@ -511,7 +511,7 @@ def test_9_ctrl_c_at_many_points_of_the_start_is_always_one_line(tmp_path, corpu
     """SIGINT spread over the imports, the data loading and the first steps."""
     for delay in (0.05, 0.2, 0.35, 0.5, 0.7, 0.9, 1.2, 1.5, 1.9, 2.4, 3.0, 4.0):
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ttmem", *tiny_train(tmp_path / f"run{delay}", corpus, "steps=400")],
+            [sys.executable, "-m", "ttmem", *tiny_train(tmp_path / f"run{delay}", corpus, "steps=100000")],
             env=ENV,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
