@@ -91,9 +91,11 @@ def test_training_uses_the_trainers_adamw_schedule_and_clipping_written_out_by_h
 @pytest.mark.slow
 def test_memory_model_recalls_keys_beyond_the_window_where_sliding_window_attention_cannot() -> None:
     """DeltaNet and a same-size sliding-window Transformer (2 layers, window 16, so nothing further back than
-    32 tokens reaches it) trained alike on MQAR at length 256, one CPU thread."""
+    32 tokens reaches it) trained alike on MQAR at length 256, one CPU thread. 800 steps: DeltaNet learns the task
+    in a late jump whose step depends on the machine's floating-point path as well as the seed (at the default 400
+    steps, seed 0 had jumped on one machine and not yet on another; README, "Recall past the window")."""
     torch.set_num_threads(1)
-    recipe = MQARRecipe()
+    recipe = MQARRecipe(steps=800)
     results = compare_recall_past_window(("deltanet", "swa_transformer"), recipe, window=16, depth=2)
     memory, window = results["deltanet"], results["swa_transformer"]
     chance = chance_accuracy(recipe)
