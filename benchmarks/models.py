@@ -47,9 +47,19 @@ from ttmem.models.presets import VARIANTS
 DEFAULT_CONTEXTS = (1024, 4096, 16384, 65536)
 COMPILED_WARMUP = 40  # decode steps: more than a chunk (16) and a MAC segment (32) of the tiny presets
 # Compiled decoding makes a graph per structural case of a state (a chunk in progress or complete, a segment's first
-# token, a cache still filling), and model and peer share code objects: torch's default limit of 8 graphs per code
-# object is too few for MAC, MAG, MAL and HOPE.
+# token, a cache still filling): in their first 40 tokens MAC made 8, torch's default limit per function, the other
+# memory presets 4, swa_transformer 2; model and peer share functions, so their graphs count together.
 COMPILED_RECOMPILE_LIMIT = 64
+
+
+def _warmup_steps(compiled: bool) -> int:
+    """Untimed decode steps after the prefill: compilation and boundary graphs, or two (a cache may grow). Compiled,
+    the compiler starts empty with ``COMPILED_RECOMPILE_LIMIT`` (graphs of earlier models count against it)."""
+    if not compiled:
+        return 2
+    torch._dynamo.reset()
+    torch._dynamo.config.recompile_limit = COMPILED_RECOMPILE_LIMIT
+    return COMPILED_WARMUP
 
 
 def _rss_bytes() -> int:
@@ -136,10 +146,7 @@ def _prefilled(name: str, context: int, piece: int, max_real_attention: int, dev
     prefill_s = time.perf_counter() - start
     if synthetic:
         state = _synthetic_full_caches(model, state, context)
-    step = model
-    if compiled:
-        torch._dynamo.config.recompile_limit = COMPILED_RECOMPILE_LIMIT
-        step = torch.compile(model, fullgraph=True)
+    step = torch.compile(model, fullgraph=True) if compiled else model
     return step, state, prompt[:, -1:], None if synthetic else prefill_s
 
 
@@ -163,9 +170,8 @@ def _decode_times(model: torch.nn.Module, state: ModelState, token: torch.Tensor
 def decode_latency(name: str, context: int, tokens: int, piece: int, max_real_attention: int, device: str,
                    compiled: bool = False) -> dict:
     """Median seconds per decoded token after a context of ``context`` tokens."""
-    torch._dynamo.reset()
+    warmup = _warmup_steps(compiled)
     model, state, token, prefill_s = _prefilled(name, context, piece, max_real_attention, device, compiled)
-    warmup = COMPILED_WARMUP if compiled else 2  # eager: two steps (a cache may grow)
     times, _, _ = _decode_times(model, state, token, tokens + warmup, device)
     return {"ms_per_token": 1e3 * statistics.median(times[warmup:]),
             "prefill": "synthetic" if prefill_s is None else "real", "prefill_s": prefill_s}
@@ -176,9 +182,8 @@ def interleaved_decode_ratio(name: str, peer: str, context: int, tokens: int, ro
                              max_real_attention: int, device: str, compiled: bool = False) -> dict:
     """Model and peer prefilled side by side, then ``rounds`` alternating bursts of ``tokens`` decode steps each;
     the median of the per-round ratios of median step times. Load that drifts between rounds cancels out."""
-    torch._dynamo.reset()  # graphs of earlier models count against the limit
+    warmup = _warmup_steps(compiled)
     runs = {n: _prefilled(n, context, piece, max_real_attention, device, compiled)[:3] for n in (peer, name)}
-    warmup = COMPILED_WARMUP if compiled else 2
     for n, (model, state, token) in runs.items():
         runs[n] = (model, *_decode_times(model, state, token, warmup, device)[1:])
     ratios, medians = [], {peer: [], name: []}
