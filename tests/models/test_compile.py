@@ -110,7 +110,7 @@ def test_model_training_step_compiles_with_inductor(arch):
 
 def _decode_compare(arch: str, backend: str, tokens: int = 7) -> None:
     """Decoding steps as ``generate()`` runs them (inference mode, momentum updated in place when eager), compiled
-    with ``fullgraph=True``, give the eager steps' logits and states from the same prefilled state."""
+    with ``fullgraph=True``, give the eager steps' logits token after token, each path carrying its own state."""
     from ttmem.memory import decode_in_place
 
     torch._dynamo.reset()
